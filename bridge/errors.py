@@ -1,0 +1,56 @@
+"""One exception tree, rooted at `BridgeError`. Each error carries the context that locates it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge raises on purpose.
+
+    Keyword context (slot, position, topic, partition, offset, table, column, ...) is kept in
+    `context` and appended to the message, so a log line names what is at fault.
+    """
+
+    def __init__(self, message: str, **context: Any) -> None:
+        self.message = message
+        self.context = {k: v for k, v in context.items() if v is not None}
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        if not self.context:
+            return self.message
+        ctx = ", ".join(f"{k}={v}" for k, v in self.context.items())
+        return f"{self.message} [{ctx}]"
+
+
+class ConfigError(BridgeError):
+    """The configuration is wrong: names the key path and what was expected. Exit code 2."""
+
+
+class DecodeError(BridgeError):
+    """test_decoding output that cannot be parsed or converted: names the line and offset."""
+
+
+class SchemaError(BridgeError):
+    """A relation cannot be mapped to Avro (or back to PostgreSQL): names table and column."""
+
+
+class CodecError(BridgeError):
+    """Bytes that are not a record of a known schema (framing, fingerprint, body)."""
+
+
+class SourceError(BridgeError):
+    """The source PostgreSQL or its slot is not usable (wal_level, plugin, privilege, lost WAL ...)."""
+
+
+class ProduceError(BridgeError):
+    """The broker refused or lost a record the producer was responsible for."""
+
+
+class SinkError(BridgeError):
+    """The sink cannot apply a batch (target table, constraint, position table ...)."""
+
+
+class TargetSchemaError(SinkError):
+    """A target table cannot hold the data: names table and column."""
