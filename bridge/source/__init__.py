@@ -1,0 +1,1 @@
+"""The source side: slot, capture, test_decoding parsing, catalog and value converters."""
