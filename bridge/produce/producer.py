@@ -1,0 +1,374 @@
+"""The producer: slot → transactions → typed events → Avro → Kafka, and the slot confirm.
+
+One loop, one thread (librdkafka delivery callbacks run inside `poll`, on this thread):
+
+1. read what the capture has (waiting on its socket, never busy-polling);
+2. assemble whole transactions (spilling big ones); at each COMMIT, give every change its
+   position `(commit_lsn, seq)`, decode it with the relation's converters, encode key and
+   envelope, and produce it to its table's topic and partition — unless that partition's tail
+   already holds the position (restart after a crash: invariant 4);
+3. account each record in the ledger; take delivery reports and sink acks;
+4. confirm the slot up to the watermark — never further (invariant 1).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from bridge import metrics
+from bridge.ack.channel import AckReader
+from bridge.ack.watermark import InFlight, Ledger
+from bridge.errors import BridgeError, DecodeError, ProduceError
+from bridge.events import ChangeEvent, Op, Position
+from bridge.produce.topics import (
+    HEADER_LSN,
+    HEADER_SEQ,
+    HEADER_XID,
+    TailReader,
+    TopicManager,
+    partition_for,
+)
+from bridge.produce.transactions import Message as WalMessageLine
+from bridge.produce.transactions import Transaction, TransactionAssembler
+from bridge.relation import Relation
+from bridge.source.capture import ChangeSource
+from bridge.source.converters import timestamptz_us
+from bridge.source.test_decoding import ChangeLine, MessageLine, TruncateLine, parse_line
+
+log = logging.getLogger(__name__)
+
+
+class ChangeDecoderLike(Protocol):
+    def decode(self, change: ChangeLine) -> tuple[Relation, Op, Any, Any, tuple[str, ...]]: ...
+
+
+class TableCodecLike(Protocol):
+    def key(self, row: Any) -> bytes | None: ...
+
+    def value(self, event: ChangeEvent) -> bytes: ...
+
+
+class TableFilter:
+    """Include/exclude globs over `schema.table` (unquoted names), decided once per table."""
+
+    def __init__(self, include: Sequence[str], exclude: Sequence[str]) -> None:
+        self.include = list(include)
+        self.exclude = list(exclude)
+        self._cache: dict[tuple[str, str], bool] = {}
+
+    def __call__(self, schema: str, table: str) -> bool:
+        key = (schema, table)
+        hit = self._cache.get(key)
+        if hit is None:
+            name = f"{schema}.{table}"
+            hit = any(fnmatch.fnmatchcase(name, p) for p in self.include) and not any(
+                fnmatch.fnmatchcase(name, p) for p in self.exclude)
+            self._cache[key] = hit
+        return hit
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerSettings:
+    topic_prefix: str
+    db: str
+    tombstones: bool = True
+    heartbeat_interval_s: float = 10.0
+    confirm_interval_s: float = 0.5
+    read_timeout_s: float = 0.1
+    max_records_in_flight: int = 200_000
+    drain_timeout_s: float = 30.0
+
+
+class ChangeProducer:
+    """Runs the producer loop until `stop` is set. Built by `cli.py` from its collaborators."""
+
+    def __init__(
+        self,
+        *,
+        source: ChangeSource,
+        decoder: ChangeDecoderLike,
+        relation_of: Callable[[str, str], Relation],
+        codec_for: Callable[[Relation], TableCodecLike],
+        producer: Producer,
+        topics: TopicManager,
+        tails: TailReader,
+        ledger: Ledger,
+        acks: AckReader | None,
+        include: TableFilter,
+        settings: ProducerSettings,
+        heartbeat: Callable[[], object] | None = None,
+        assembler: TransactionAssembler | None = None,
+        slot: str = "",
+    ) -> None:
+        self.source = source
+        self.decoder = decoder
+        self.relation_of = relation_of
+        self.codec_for = codec_for
+        self.producer = producer
+        self.topics = topics
+        self.tail_reader = tails
+        self.ledger = ledger
+        self.acks = acks
+        self.include = include
+        self.s = settings
+        self.heartbeat = heartbeat
+        self.assembler = assembler or TransactionAssembler()
+        self.slot = slot
+        self._tails: dict[str, dict[int, Position]] = {}
+        self._partitions: dict[str, int] = {}
+        self._topic_of: dict[tuple[str, str], str] = {}
+        self._confirmed = ledger.watermark()
+        self._last_lsn = self._confirmed
+        self._last_confirm = 0.0
+        self._last_activity = time.monotonic()
+        self._reconnects = getattr(source, "reconnects", 0)
+        self.last_produced: Position | None = None
+        self.skipped_present = 0
+        self.produced = 0
+        self.fatal: BaseException | None = None
+
+    # -- topics -----------------------------------------------------------------------------
+
+    def _topic(self, schema: str, table: str) -> str:
+        key = (schema, table)
+        t = self._topic_of.get(key)
+        if t is None:
+            from bridge.codec.names import topic_name
+
+            t = self._topic_of[key] = topic_name(self.s.topic_prefix, schema, table)
+            n = self._partitions[t] = self.topics.ensure(t)
+            self._tails[t] = self.tail_reader.tails(t, n)
+            if self._tails[t]:
+                log.info("topic %s: resuming after tails %s", t,
+                         {p: str(v) for p, v in self._tails[t].items()}, extra={"topic": t})
+        return t
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        if self.acks is not None:
+            for ack in self.acks.read_to_end():
+                self.ledger.acked((ack.topic, ack.partition), ack.position)
+        metrics.UP.labels("producer").set(1)
+        try:
+            while not stop.is_set():
+                self.step()
+            self.drain()
+        finally:
+            metrics.UP.labels("producer").set(0)
+
+    def step(self) -> None:
+        """One turn of the loop: read, produce, collect reports and acks, maybe confirm."""
+        if self.fatal is not None:
+            raise self.fatal
+        if self.ledger.records_in_flight >= self.s.max_records_in_flight:
+            self.producer.poll(0.05)  # back-pressure: let deliveries catch up
+            batch = []
+        else:
+            batch = self.source.read(self.s.read_timeout_s)
+        reconnects = getattr(self.source, "reconnects", 0)
+        if reconnects != self._reconnects:
+            # The server resends from the confirmed position: drop the half-read transaction.
+            self._reconnects = reconnects
+            self.assembler.reset()
+        for msg in batch:
+            done = self.assembler.feed(msg.lsn, msg.data)
+            if done is None:
+                continue
+            if isinstance(done, Transaction):
+                self._publish(done)
+            else:
+                self._message(done)
+            self._last_activity = time.monotonic()
+        self.producer.poll(0)
+        if self.acks is not None:
+            for ack in self.acks.poll(0):
+                self.ledger.acked((ack.topic, ack.partition), ack.position)
+                metrics.ACKED_LSN.set(ack.position.commit_lsn.value)
+        self._maybe_heartbeat()
+        self._maybe_confirm()
+        if self.fatal is not None:
+            raise self.fatal
+
+    def _maybe_heartbeat(self) -> None:
+        if self.heartbeat is None:
+            return
+        now = time.monotonic()
+        if now - self._last_activity >= self.s.heartbeat_interval_s:
+            self._last_activity = now
+            self.heartbeat()
+            metrics.HEARTBEATS.inc()
+
+    def _maybe_confirm(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_confirm < self.s.confirm_interval_s:
+            return
+        self._last_confirm = now
+        wm = self.ledger.watermark()
+        metrics.WATERMARK_LSN.set(wm.value)
+        if wm > self._confirmed:
+            self.source.confirm(wm)
+            self._confirmed = wm
+            metrics.SLOT_CONFIRMED_LSN.labels(self.slot).set(wm.value)
+            metrics.LAST_PROGRESS.labels("producer").set(time.time())
+
+    def drain(self) -> None:
+        """SIGTERM: finish in-flight deliveries (bounded), confirm what is safe."""
+        deadline = time.monotonic() + self.s.drain_timeout_s
+        while self.ledger.records_in_flight and time.monotonic() < deadline:
+            self.producer.poll(0.1)
+            if self.acks is not None:
+                for ack in self.acks.poll(0):
+                    self.ledger.acked((ack.topic, ack.partition), ack.position)
+        self.producer.flush(max(0.0, deadline - time.monotonic()))
+        self._maybe_confirm(force=True)
+
+    # -- messages and transactions -----------------------------------------------------------
+
+    def _message(self, msg: WalMessageLine) -> None:
+        """A non-transactional logical message (a heartbeat): a position with no records.
+
+        Decoding emits it between the transactions that committed before and after it, so
+        its LSN keeps the ledger in commit order."""
+        if msg.lsn > self._last_lsn:
+            self._last_lsn = msg.lsn
+            self.ledger.close(self.ledger.open(msg.lsn))
+
+    def _publish(self, txn: Transaction) -> None:
+        if txn.commit_lsn <= self._last_lsn:
+            # Re-sent after a capture reconnect: already produced (or in flight) in this session.
+            txn.discard()
+            return
+        self._last_lsn = txn.commit_lsn
+        metrics.TRANSACTIONS.inc()
+        entry = self.ledger.open(txn.commit_lsn)
+        commit_ts_us = _commit_ts(txn.commit_ts)
+        xid = txn.xid or 0
+        xid_header = str(xid).encode()
+        lsn_header = str(txn.commit_lsn).encode()
+        seq = 0
+        try:
+            for line in txn.lines():
+                metrics.DECODED_BYTES.inc(len(line))
+                parsed = parse_line(line)
+                if isinstance(parsed, ChangeLine):
+                    s = seq
+                    seq += 1
+                    if self.include(parsed.schema, parsed.table):
+                        self._change(entry, parsed, Position(txn.commit_lsn, s), xid, commit_ts_us,
+                                     lsn_header, xid_header)
+                elif isinstance(parsed, TruncateLine):
+                    s = seq
+                    seq += 1
+                    for schema, table in parsed.relations:
+                        if self.include(schema, table):
+                            self._truncate(entry, schema, table, Position(txn.commit_lsn, s), xid,
+                                           commit_ts_us, lsn_header, xid_header)
+                elif isinstance(parsed, MessageLine):
+                    continue
+                else:
+                    raise DecodeError("unexpected line inside a transaction", line=line[:200], offset=0)
+        except BridgeError as exc:
+            exc.context.setdefault("xid", xid)
+            exc.context.setdefault("commit_lsn", str(txn.commit_lsn))
+            raise
+        finally:
+            txn.discard()
+        self.ledger.close(entry)
+
+    def _change(self, entry: InFlight, change: ChangeLine, pos: Position, xid: int, commit_ts_us: int | None,
+                lsn_header: bytes, xid_header: bytes) -> None:
+        relation, op, before, after, unchanged = self.decoder.decode(change)
+        codec = self.codec_for(relation)
+        event = ChangeEvent(relation, op, pos, xid, commit_ts_us, before, after, unchanged)
+        key = codec.key(after if after is not None else before)
+        value = codec.value(event)
+        topic = self._topic(relation.schema, relation.table)
+        partition = partition_for(key, self._partitions[topic])
+        metrics.CHANGES_CAPTURED.labels(relation.qualified, op.value).inc()
+        headers: list[tuple[str, str | bytes | None]] = [
+            (HEADER_LSN, lsn_header), (HEADER_SEQ, str(pos.seq).encode()), (HEADER_XID, xid_header)]
+        self._send(entry, topic, partition, key, value, headers, pos)
+        if op is Op.DELETE and self.s.tombstones and key is not None:
+            self._send(entry, topic, partition, key, None, headers, pos)
+
+    def _truncate(self, entry: InFlight, schema: str, table: str, pos: Position, xid: int,
+                  commit_ts_us: int | None, lsn_header: bytes, xid_header: bytes) -> None:
+        relation = self.relation_of(schema, table)
+        codec = self.codec_for(relation)
+        value = codec.value(ChangeEvent(relation, Op.TRUNCATE, pos, xid, commit_ts_us, None, None))
+        topic = self._topic(schema, table)
+        headers: list[tuple[str, str | bytes | None]] = [
+            (HEADER_LSN, lsn_header), (HEADER_SEQ, str(pos.seq).encode()), (HEADER_XID, xid_header)]
+        metrics.CHANGES_CAPTURED.labels(relation.qualified, Op.TRUNCATE.value).inc()
+        # Every partition gets the truncate, so each partition's consumer sees it in order.
+        for partition in range(self._partitions[topic]):
+            self._send(entry, topic, partition, None, value, headers, pos)
+
+    def _send(self, entry: InFlight, topic: str, partition: int, key: bytes | None, value: bytes | None,
+              headers: list[tuple[str, str | bytes | None]], pos: Position) -> None:
+        tail = self._tails[topic].get(partition)
+        tp = (topic, partition)
+        if tail is not None and pos <= tail:
+            self.ledger.present(entry, tp, pos)
+            self.skipped_present += 1
+            return
+        ledger = self.ledger
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            ok = err is None
+            ledger.delivered(entry, ok)
+            if not ok and self.fatal is None:
+                metrics.PRODUCE_ERRORS.inc()
+                self.fatal = ProduceError(f"delivery failed: {err}", topic=topic, partition=partition,
+                                          position=str(pos))
+
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, partition=partition, headers=headers,
+                                      on_delivery=on_delivery)
+                break
+            except BufferError:
+                self.producer.poll(0.05)  # the client's queue is full: wait for deliveries
+        ledger.sent(entry, tp, pos)
+        self.produced += 1
+        self.last_produced = pos
+        metrics.RECORDS_PRODUCED.labels(topic).inc()
+
+
+def _commit_ts(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return timestamptz_us(text)
+    except (DecodeError, ValueError):
+        return None
+
+
+def kafka_producer_config(bootstrap: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """librdkafka settings for the change producer. `extra` (kafka.config) wins."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,  # no duplicates or reordering from retries
+        "acks": "all",
+        "compression.type": "lz4",
+        "linger.ms": 20,  # batches of thousands of records at full rate, 20 ms at worst when idle
+        "batch.num.messages": 20_000,
+        "batch.size": 4 << 20,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1 << 20,  # 1 GiB
+        "message.timeout.ms": 0,  # never give a record up: a broker outage is waited out
+        "log_level": 4,
+        **(extra or {}),
+    }
+
+
+__all__ = ["ChangeProducer", "ProducerSettings", "TableFilter", "kafka_producer_config"]

@@ -1,0 +1,227 @@
+"""The sink loop: consume → decode → batch → apply → commit offsets → ack.
+
+One member of the consumer group `sink.group_id`. Batches are bounded by rows, bytes and time.
+Each batch is committed by `SinkLoop.commit`, whose steps run in this order, and a step that
+fails stops the ones after it (the batch is then re-read from the last committed offsets, and
+the position table in the target makes the replay harmless):
+
+1. apply the batch in ONE target transaction (rows + new positions per partition), isolating
+   records the target rejects;
+2. publish rejected or undecodable records to the dead-letter topic and wait for the broker;
+3. commit the Kafka offsets (the position in the commit metadata);
+4. publish the acks `(topic, partition, position)` to `<prefix>._acks`.
+
+Rebalances: on revoke, the in-flight batch is committed if it can be, else abandoned (its
+offsets are not committed, so the next owner re-reads it); on assign, positions are loaded by the
+applier from the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from bridge import metrics
+from bridge.ack.channel import Ack, AckPublisher
+from bridge.errors import BridgeError, CodecError, SinkError
+from bridge.events import Position
+from bridge.sink.deadletter import DeadLetters
+
+log = logging.getLogger(__name__)
+
+
+class DecodedLike(Protocol):
+    position: Position
+    commit_ts_us: int | None
+
+
+class ApplierLike(Protocol):
+    def apply_isolating(self, records: Sequence[Any]) -> tuple[dict[tuple[str, int], Position],
+                                                               list[tuple[Any, Exception]]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSettings:
+    topic_prefix: str
+    group_id: str
+    batch_max_rows: int = 10_000
+    batch_max_bytes: int = 64 << 20
+    batch_max_ms: int = 200
+
+
+@dataclass(slots=True)
+class _Batch:
+    records: list[Any] = field(default_factory=list)
+    raw_bytes: int = 0
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
+    dead: list[tuple[Message, BaseException]] = field(default_factory=list)
+    messages: dict[tuple[str, int, int], Message] = field(default_factory=dict)
+    started: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.dead)
+
+    def empty(self) -> bool:
+        return not self.offsets
+
+
+def data_topic_pattern(prefix: str) -> str:
+    """Regex subscription for `<prefix>.<schema>.<table>`; internal topics (`<prefix>._acks`,
+    `_schemas`, `_dlq`) have a single dot after the prefix and do not match."""
+    escaped = "".join("\\" + c if c in ".^$*+?()[]{}|\\" else c for c in prefix)
+    return f"^{escaped}\\.[^.]+\\..+"
+
+
+def kafka_consumer_config(bootstrap: str, group_id: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,  # offsets are committed only after the target commit
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.queue.backoff.ms": 10,  # the default (1 s) caps a consumer near 185k rows/s
+        "topic.metadata.refresh.interval.ms": 5000,  # new tables' topics join the subscription soon
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1000,
+        "max.poll.interval.ms": 300_000,
+        "partition.assignment.strategy": "range",
+        "log_level": 4,
+        **(extra or {}),
+    }
+
+
+class SinkLoop:
+    """Runs until `stop` is set. Built by `cli.py` from its collaborators."""
+
+    def __init__(self, *, consumer: Consumer, decode: Callable[[bytes], DecodedLike],
+                 make_record: Callable[[str, int, int, DecodedLike], Any], applier: ApplierLike,
+                 acks: AckPublisher, dead_letters: DeadLetters, settings: SinkSettings) -> None:
+        self.consumer = consumer
+        self.decode = decode
+        self.make_record = make_record
+        self.applier = applier
+        self.acks = acks
+        self.dead_letters = dead_letters
+        self.s = settings
+        self._batch = _Batch()
+        self.applied_rows = 0
+        self.batches = 0
+        self.last_positions: dict[tuple[str, int], Position] = {}
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe([data_topic_pattern(self.s.topic_prefix)], on_revoke=self._on_revoke,
+                                on_assign=self._on_assign)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %d partitions", len(partitions),
+                 extra={"partitions": [f"{tp.topic}/{tp.partition}" for tp in partitions]})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Finish the in-flight batch if possible; otherwise abandon it uncommitted."""
+        if self._batch.empty():
+            return
+        try:
+            self.commit()
+        except Exception as exc:
+            log.warning("rebalance: abandoning the in-flight batch: %s", exc)
+            self._batch = _Batch()
+
+    def run(self, stop: threading.Event) -> None:
+        self.subscribe()
+        metrics.UP.labels("sink").set(1)
+        try:
+            while not stop.is_set():
+                self.step()
+            if not self._batch.empty():
+                self.commit()
+        finally:
+            metrics.UP.labels("sink").set(0)
+            self.consumer.close()
+
+    def step(self) -> None:
+        """Consume what is there (waiting at most until the batch is due), commit when due."""
+        b = self._batch
+        if b.empty():
+            timeout = 0.5
+        else:
+            timeout = max(0.0, b.started + self.s.batch_max_ms / 1000 - time.monotonic())
+        want = max(1, min(self.s.batch_max_rows - len(b), 10_000))
+        for msg in self.consumer.consume(want, timeout):
+            self._take(msg)
+        b = self._batch
+        if not b.empty() and (len(b) >= self.s.batch_max_rows or b.raw_bytes >= self.s.batch_max_bytes
+                              or time.monotonic() >= b.started + self.s.batch_max_ms / 1000):
+            self.commit()
+
+    def _take(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() in (KafkaError._PARTITION_EOF,):
+                return
+            if err.fatal():
+                raise SinkError(f"consumer: {err}")
+            log.warning("consumer: %s", err)
+            return
+        b = self._batch
+        if b.empty():
+            b.started = time.monotonic()
+        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+        b.offsets[(topic, partition)] = offset + 1
+        value = msg.value()
+        if value is None:
+            return  # a tombstone: it only serves compaction; its delete came just before it
+        b.raw_bytes += len(value)
+        b.messages[(topic, partition, offset)] = msg
+        try:
+            change = self.decode(value)
+        except (CodecError, BridgeError) as exc:
+            b.dead.append((msg, exc))
+            return
+        b.records.append(self.make_record(topic, partition, offset, change))
+
+    def commit(self) -> None:
+        """Commit the batch: apply → dead letters → offsets → acks (see module docstring)."""
+        b = self._batch
+        if b.empty():
+            return
+        started = time.monotonic()
+        # 1. One target transaction: rows and positions.
+        positions, rejects = self.applier.apply_isolating(b.records)
+        # 2. Dead letters, before the offsets that would skip them are committed.
+        dead = list(b.dead)
+        for rec, exc in rejects:
+            dead.append((b.messages[(rec.topic, rec.partition, rec.offset)], exc))
+        if dead:
+            self.dead_letters.publish(dead)
+        # 3. Offsets, with the applied position as commit metadata.
+        offsets = []
+        for (topic, partition), nxt in b.offsets.items():
+            pos = positions.get((topic, partition))
+            offsets.append(TopicPartition(topic, partition, nxt, metadata=str(pos) if pos else ""))
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            raise SinkError(f"offset commit failed after the target commit: {exc}") from exc
+        # 4. Acks for the producer's watermark.
+        if positions:
+            self.acks.publish([Ack(t, p, pos, self.s.group_id) for (t, p), pos in positions.items()])
+            self.last_positions.update(positions)
+        n = len(b.records)
+        self.applied_rows += n
+        self.batches += 1
+        elapsed = time.monotonic() - started
+        metrics.SINK_BATCH_ROWS.observe(n)
+        metrics.SINK_BATCH_DURATION.observe(elapsed)
+        metrics.LAST_PROGRESS.labels("sink").set(time.time())
+        now_us = time.time() * 1e6
+        for r in b.records[-1:]:
+            ts = getattr(getattr(r, "change", r), "commit_ts_us", None)
+            if ts is not None:
+                metrics.END_TO_END_LAG.observe(max(0.0, (now_us - ts) / 1e6))
+        self._batch = _Batch()
