@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KAFKA_CP := .cache/kafka.classpath
 
-.PHONY: test unit lint typecheck kafka-jars venv demo chaos bench clean
+.PHONY: test unit lint typecheck kafka-jars helm venv demo chaos bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(KAFKA_CP): tools/kafka/pom.xml
 
 kafka-jars: $(KAFKA_CP)
 
+# helm v3.22.0 built with `go install` into .cache/bin (about 2 minutes the first time).
+helm:
+	bash tools/install-helm.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check bridge tests bench
 
@@ -30,7 +34,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict bridge
 
 # The whole suite: lint, types, unit, integration (both brokers), the short chaos run.
-test: $(STAMP) $(KAFKA_CP) lint typecheck
+test: $(STAMP) $(KAFKA_CP) helm lint typecheck
 	BRIDGE_KAFKA_CLASSPATH_FILE=$(abspath $(KAFKA_CP)) $(BIN)/pytest -q tests
 
 unit: $(STAMP)

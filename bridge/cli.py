@@ -86,14 +86,18 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
     dsn = src.conninfo()
     slots = SlotManager(dsn, src.slot)
     slots.check_or_raise()
+    exported: tuple[Any, str, Lsn] | None = None
+    if slots.status() is None and src.snapshot == "initial":
+        exported = slots.create_exporting_snapshot()
     status = slots.ensure()
     start = status.confirmed_flush_lsn or Lsn(0)
     log.info("slot %s at %s", src.slot, start, extra={"slot": src.slot, "position": str(start)})
 
-    if src.capture == "sql":
-        capture: Any = SqlCapture(dsn, src.slot, batch_changes=src.sql_batch_changes)
-    else:
-        capture = StreamCapture(dsn, src.slot, status_interval_s=src.status_interval_s)
+    def open_source() -> Any:
+        if src.capture == "sql":
+            return SqlCapture(dsn, src.slot, batch_changes=src.sql_batch_changes)
+        return StreamCapture(dsn, src.slot, status_interval_s=src.status_interval_s)
+
     catalog_conn = sql_connect(dsn, src.slot)
     catalog = Catalog(catalog_conn)
     decoder = ChangeDecoder(catalog)
@@ -131,15 +135,18 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
             log.warning("heartbeat failed: %s", exc, extra={"slot": src.slot})
 
     cp = ChangeProducer(
-        source=capture, decoder=decoder, relation_of=catalog.relation, codec_for=codec_for,
+        open_source=open_source, decoder=decoder, relation_of=catalog.relation, codec_for=codec_for,
         producer=producer, topics=topics, tails=tails, ledger=Ledger(cfg.ack, start), acks=acks,
         include=TableFilter(src.tables, src.exclude),
         settings=ProducerSettings(topic_prefix=cfg.kafka.topic_prefix, db=db, tombstones=cfg.kafka.tombstones,
                                   heartbeat_interval_s=src.heartbeat_interval_s),
         heartbeat=heartbeat, assembler=TransactionAssembler(src.spill_bytes), slot=src.slot)
+    cp.snapshot = _snapshot_plan(cfg, dsn, start, exported, producer, include=cp.include)
 
     def close() -> None:
-        for closer in (capture.close, tails.close, catalog_conn.close, acks.close if acks else None):
+        closers = (tails.close, catalog_conn.close, acks.close if acks else None,
+                   exported[0].close if exported else None)
+        for closer in closers:
             if closer is not None:
                 try:
                     closer()
@@ -147,6 +154,40 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
                     pass
 
     return cp, close
+
+
+def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, Any] | None, producer: Any,
+                   include: Any) -> Any:
+    """The snapshot to run before streaming: a new one when the slot was just created with an
+    exported snapshot, the rest of an interrupted one, or None."""
+    from bridge.produce.producer import SnapshotPlan
+    from bridge.produce.snapshot_state import SnapshotStateStore, snapshot_topic
+    from bridge.produce.topics import TopicManager
+    from bridge.source.slot import sql_connect
+    from bridge.source.snapshot import SnapshotState, TableProgress, list_tables
+
+    extra = dict(cfg.kafka.config)
+    TopicManager(cfg.kafka.bootstrap_servers, partitions=1, replication_factor=cfg.kafka.replication_factor,
+                 extra=extra).ensure(snapshot_topic(cfg.kafka.topic_prefix), partitions=1, compact=True)
+    store = SnapshotStateStore(producer, cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, extra)
+    conn = sql_connect(dsn, cfg.source.slot, autocommit=True)
+    if exported is not None:
+        repl_conn, name, cp = exported
+        state = SnapshotState(cp.value, 0, {f"{s}.{t}": TableProgress(s, t) for s, t in list_tables(conn, include)})
+        store.save(state)
+        return SnapshotPlan(state, conn, name, store.save, repl_conn.close)
+    loaded = store.load()
+    if loaded is None or loaded.done:
+        conn.close()
+        return None
+    if loaded.consistent_point != start.value:
+        log.warning("snapshot state is for consistent point %s but the slot is at %s: not resuming it",
+                    loaded.consistent_point, start)
+        conn.close()
+        return None
+    log.info("resuming the snapshot: %d of %d tables left", sum(not t.done for t in loaded.tables.values()),
+             len(loaded.tables))
+    return SnapshotPlan(loaded, conn, None, store.save, lambda: None)
 
 
 def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:

@@ -28,6 +28,7 @@ from bridge.ack.channel import AckReader
 from bridge.ack.watermark import InFlight, Ledger
 from bridge.errors import BridgeError, DecodeError, ProduceError
 from bridge.events import ChangeEvent, Op, Position
+from bridge.lsn import Lsn
 from bridge.produce.topics import (
     HEADER_LSN,
     HEADER_SEQ,
@@ -41,6 +42,7 @@ from bridge.produce.transactions import Transaction, TransactionAssembler
 from bridge.relation import Relation
 from bridge.source.capture import ChangeSource
 from bridge.source.converters import timestamptz_us
+from bridge.source.snapshot import SnapshotState, TableReader, begin_snapshot_transaction
 from bridge.source.test_decoding import ChangeLine, MessageLine, TruncateLine, parse_line
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,18 @@ class TableCodecLike(Protocol):
     def key(self, row: Any) -> bytes | None: ...
 
     def value(self, event: ChangeEvent) -> bytes: ...
+
+
+@dataclass(slots=True)
+class SnapshotPlan:
+    """What `run_snapshot` reads: the state to continue, on which connection and snapshot."""
+
+    state: SnapshotState
+    conn: Any  # psycopg.Connection, a plain SQL connection to the source
+    snapshot_name: str | None  # the exported snapshot, or None when resuming in a fresh one
+    save: Callable[[SnapshotState], None]
+    finished: Callable[[], None]  # releases the exporting replication connection
+    chunk_rows: int = 10_000
 
 
 class TableFilter:
@@ -93,7 +107,7 @@ class ChangeProducer:
     def __init__(
         self,
         *,
-        source: ChangeSource,
+        open_source: Callable[[], ChangeSource],
         decoder: ChangeDecoderLike,
         relation_of: Callable[[str, str], Relation],
         codec_for: Callable[[Relation], TableCodecLike],
@@ -108,7 +122,9 @@ class ChangeProducer:
         assembler: TransactionAssembler | None = None,
         slot: str = "",
     ) -> None:
-        self.source = source
+        self.open_source = open_source
+        self.source: ChangeSource | None = None
+        self.snapshot: SnapshotPlan | None = None
         self.decoder = decoder
         self.relation_of = relation_of
         self.codec_for = codec_for
@@ -129,7 +145,7 @@ class ChangeProducer:
         self._last_lsn = self._confirmed
         self._last_confirm = 0.0
         self._last_activity = time.monotonic()
-        self._reconnects = getattr(source, "reconnects", 0)
+        self._reconnects = 0
         self.last_produced: Position | None = None
         self.skipped_present = 0
         self.produced = 0
@@ -154,21 +170,81 @@ class ChangeProducer:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        """Snapshot (if planned), then stream until `stop`; then drain and confirm what is safe."""
         if self.acks is not None:
             for ack in self.acks.read_to_end():
                 self.ledger.acked((ack.topic, ack.partition), ack.position)
         metrics.UP.labels("producer").set(1)
         try:
+            if self.snapshot is not None:
+                self.run_snapshot(self.snapshot, stop)
+                self.snapshot = None
+            if not stop.is_set():
+                self.source = self.open_source()
+                self._reconnects = getattr(self.source, "reconnects", 0)
             while not stop.is_set():
                 self.step()
             self.drain()
         finally:
             metrics.UP.labels("producer").set(0)
+            if self.source is not None:
+                self.source.close()
+
+    def run_snapshot(self, plan: SnapshotPlan, stop: threading.Event) -> None:
+        """Produce every selected table's rows as op `r` events at `(consistent_point, seq)`.
+
+        Called before streaming starts. Progress is saved after each chunk's records are
+        delivered, so a crash resumes after the last completed chunk. On `stop` it returns
+        early, leaving its ledger entry open: the slot is not confirmed past the consistent
+        point until the snapshot is complete."""
+        state = plan.state
+        cp = Lsn(state.consistent_point)
+        entry = self.ledger.open(cp)
+        self._last_lsn = max(self._last_lsn, cp)
+        lsn_header = str(cp).encode()
+        begin_snapshot_transaction(plan.conn, plan.snapshot_name)
+        remaining = [t for t in state.tables.values() if not t.done]
+        metrics.SNAPSHOT_TABLES_REMAINING.set(len(remaining))
+        log.info("snapshot: %d tables to read at %s", len(remaining), cp, extra={"position": str(cp)})
+        for prog in remaining:
+            rel = self.relation_of(prog.schema, prog.table)
+            reader = TableReader(rel, plan.chunk_rows)
+            codec = self.codec_for(rel)
+            topic = self._topic(rel.schema, rel.table)
+            n = self._partitions[topic]
+            for rows, last_key in reader.chunks(plan.conn, prog.last_key):
+                for row in rows:
+                    pos = Position(cp, state.next_seq)
+                    state.next_seq += 1
+                    key = codec.key(row)
+                    value = codec.value(ChangeEvent(rel, Op.READ, pos, 0, None, None, row, snapshot=True))
+                    headers: list[tuple[str, str | bytes | None]] = [
+                        (HEADER_LSN, lsn_header), (HEADER_SEQ, str(pos.seq).encode()), (HEADER_XID, b"0")]
+                    self._send(entry, topic, partition_for(key, n), key, value, headers, pos)
+                prog.rows += len(rows)
+                prog.last_key = last_key
+                metrics.SNAPSHOT_ROWS.labels(rel.qualified).inc(len(rows))
+                plan.save(state)  # waits for the chunk's deliveries first
+                if self.acks is not None:
+                    for ack in self.acks.poll(0):
+                        self.ledger.acked((ack.topic, ack.partition), ack.position)
+                if stop.is_set():
+                    log.info("snapshot interrupted in %s after %d rows", rel.qualified, prog.rows)
+                    return
+            prog.done = True
+            plan.save(state)
+            metrics.SNAPSHOT_TABLES_REMAINING.dec()
+            log.info("snapshot: %s done, %d rows", rel.qualified, prog.rows, extra={"table": rel.qualified})
+        plan.conn.execute("ROLLBACK")
+        plan.finished()
+        self.ledger.close(entry)
 
     def step(self) -> None:
         """One turn of the loop: read, produce, collect reports and acks, maybe confirm."""
         if self.fatal is not None:
             raise self.fatal
+        if self.source is None:
+            raise ProduceError("step() before the capture was opened (run() opens it)")
         if self.ledger.records_in_flight >= self.s.max_records_in_flight:
             self.producer.poll(0.05)  # back-pressure: let deliveries catch up
             batch = []
@@ -214,7 +290,7 @@ class ChangeProducer:
         self._last_confirm = now
         wm = self.ledger.watermark()
         metrics.WATERMARK_LSN.set(wm.value)
-        if wm > self._confirmed:
+        if wm > self._confirmed and self.source is not None:
             self.source.confirm(wm)
             self._confirmed = wm
             metrics.SLOT_CONFIRMED_LSN.labels(self.slot).set(wm.value)

@@ -1,0 +1,60 @@
+"""Durable snapshot progress: a compacted topic `<prefix>._snapshot` with one record, key `state`.
+
+Written after each chunk's records are delivered; read once when the producer starts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from bridge.errors import ProduceError
+from bridge.source.snapshot import SnapshotState
+
+KEY = b"state"
+
+
+def snapshot_topic(prefix: str) -> str:
+    return f"{prefix}._snapshot"
+
+
+class SnapshotStateStore:
+    def __init__(self, producer: Producer, bootstrap: str, prefix: str, extra: dict[str, Any] | None = None) -> None:
+        self._producer = producer
+        self._conf = {"bootstrap.servers": bootstrap, "group.id": f"{prefix}._snapshot.reader",
+                      "enable.auto.commit": False, "enable.partition.eof": True, **(extra or {})}
+        self.topic = snapshot_topic(prefix)
+
+    def load(self, timeout: float = 30.0) -> SnapshotState | None:
+        """The last state written, or None when no snapshot ever ran."""
+        consumer = Consumer(self._conf)
+        try:
+            lo, hi = consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=timeout)
+            if hi <= lo:
+                return None
+            consumer.assign([TopicPartition(self.topic, 0, lo)])
+            last: bytes | None = None
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                for msg in consumer.consume(1000, 1.0):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            return SnapshotState.from_json(json.loads(last)) if last else None
+                        raise ProduceError(f"reading snapshot state: {err}", topic=self.topic)
+                    if msg.key() == KEY and msg.value():
+                        last = msg.value()
+            raise ProduceError("timed out reading snapshot state", topic=self.topic)
+        finally:
+            consumer.close()
+
+    def save(self, state: SnapshotState, timeout: float = 60.0) -> None:
+        """Write `state` and wait until the broker has it."""
+        errors: list[KafkaError] = []
+        self._producer.produce(self.topic, key=KEY, value=json.dumps(state.to_json()).encode(), partition=0,
+                               on_delivery=lambda err, _m: errors.append(err) if err else None)
+        if self._producer.flush(timeout) > 0 or errors:
+            raise ProduceError(f"snapshot state not saved: {errors[0] if errors else 'timeout'}", topic=self.topic)
