@@ -139,7 +139,8 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
         producer=producer, topics=topics, tails=tails, ledger=Ledger(cfg.ack, start), acks=acks,
         include=TableFilter(src.tables, src.exclude),
         settings=ProducerSettings(topic_prefix=cfg.kafka.topic_prefix, db=db, tombstones=cfg.kafka.tombstones,
-                                  heartbeat_interval_s=src.heartbeat_interval_s),
+                                  heartbeat_interval_s=src.heartbeat_interval_s,
+                                  confirm_idle=src.capture == "stream"),
         heartbeat=heartbeat, assembler=TransactionAssembler(src.spill_bytes), slot=src.slot)
     cp.snapshot = _snapshot_plan(cfg, dsn, start, exported, producer, include=cp.include)
 

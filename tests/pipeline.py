@@ -44,8 +44,10 @@ def write_config(tmp: Path, *, source_dsn: str, target_dsn: str, bootstrap: str,
 class BridgeProcess:
     """`python -m bridge <command> --config F` as a child process whose output goes to a file."""
 
-    def __init__(self, command: str, config: Path, log_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, command: str, config: Path, log_dir: Path, env: dict[str, str] | None = None,
+                 name: str | None = None) -> None:
         self.command = command
+        self.name = name or command
         self.config = config
         self.log_dir = log_dir
         self.env = {**os.environ, **(env or {})}
@@ -55,7 +57,7 @@ class BridgeProcess:
 
     @property
     def logfile(self) -> Path:
-        return self.log_dir / f"{self.command}-{self.config.stem}.log"
+        return self.log_dir / f"{self.name}-{self.config.stem}.log"
 
     def start(self, extra_env: dict[str, str] | None = None) -> BridgeProcess:
         log = open(self.logfile, "ab")

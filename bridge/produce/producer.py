@@ -99,6 +99,10 @@ class ProducerSettings:
     read_timeout_s: float = 0.1
     max_records_in_flight: int = 200_000
     drain_timeout_s: float = 30.0
+    # stream capture only: with nothing in flight and no transaction open, the server's sent
+    # position (keepalive walEnd) may be confirmed — every commit before it has been received.
+    # (In sql mode pg_current_wal_lsn() may be ahead of commits not yet peeked: never.)
+    confirm_idle: bool = False
 
 
 class ChangeProducer:
@@ -269,6 +273,11 @@ class ChangeProducer:
             for ack in self.acks.poll(0):
                 self.ledger.acked((ack.topic, ack.partition), ack.position)
                 metrics.ACKED_LSN.set(ack.position.commit_lsn.value)
+        if self.s.confirm_idle and self.ledger.in_flight == 0 and not self.assembler.in_transaction:
+            idle = self.source.server_wal_end
+            if idle > self._last_lsn:
+                self._last_lsn = idle
+                self.ledger.advance_idle(idle)
         self._maybe_heartbeat()
         self._maybe_confirm()
         if self.fatal is not None:
