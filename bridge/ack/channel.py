@@ -19,32 +19,16 @@ from typing import Any
 import fastavro
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from bridge.codec.framing import fingerprint, single_object_prefix
+from bridge.codec.templates import ACK
 from bridge.errors import CodecError
 from bridge.events import Position
 from bridge.lsn import Lsn
 
 log = logging.getLogger(__name__)
 
-ACK_SCHEMA: dict[str, Any] = {
-    "type": "record",
-    "name": "Ack",
-    "namespace": "bridge",
-    "doc": "The sink applied and committed `topic`/`partition` up to `commit_lsn`/`seq`.",
-    "fields": [
-        {"name": "topic", "type": "string"},
-        {"name": "partition", "type": "int"},
-        {"name": "commit_lsn", "type": "long"},
-        {"name": "seq", "type": "long"},
-        {"name": "group", "type": "string"},
-        {"name": "ts_ms", "type": "long"},
-    ],
-}
-_PARSED = fastavro.parse_schema(ACK_SCHEMA)
-_FINGERPRINT = bytes.fromhex(
-    fastavro.schema.fingerprint(fastavro.schema.to_parsing_canonical_form(_PARSED), "CRC-64-AVRO")
-)[::-1]
-# fastavro prints the CRC-64-AVRO as big-endian hex; single-object encoding stores it little-endian.
-_HEADER = b"\xc3\x01" + _FINGERPRINT
+_PARSED = fastavro.parse_schema(ACK)
+_HEADER = single_object_prefix(fingerprint(ACK))
 
 
 def acks_topic(prefix: str) -> str:
@@ -56,7 +40,8 @@ class Ack:
     topic: str
     partition: int
     position: Position
-    group: str = ""
+    sink: str = ""  # the consumer group
+    offset: int = -1  # next offset of the partition the sink committed with this position
 
     def key(self) -> bytes:
         return f"{self.topic}/{self.partition}".encode()
@@ -66,8 +51,8 @@ def encode_ack(ack: Ack) -> bytes:
     buf = io.BytesIO()
     buf.write(_HEADER)
     fastavro.schemaless_writer(buf, _PARSED, {
-        "topic": ack.topic, "partition": ack.partition, "commit_lsn": ack.position.commit_lsn.value,
-        "seq": ack.position.seq, "group": ack.group, "ts_ms": int(time.time() * 1000)})
+        "sink": ack.sink, "topic": ack.topic, "partition": ack.partition, "offset": ack.offset,
+        "commit_lsn": ack.position.commit_lsn.value, "seq": ack.position.seq, "ts_ms": int(time.time() * 1000)})
     return buf.getvalue()
 
 
@@ -76,7 +61,8 @@ def decode_ack(data: bytes) -> Ack:
         raise CodecError("not an ack record (framing or fingerprint differs)", head=data[:10].hex())
     rec = fastavro.schemaless_reader(io.BytesIO(data[len(_HEADER):]), _PARSED, None)
     assert isinstance(rec, dict)
-    return Ack(rec["topic"], rec["partition"], Position(Lsn(rec["commit_lsn"]), rec["seq"]), rec["group"])
+    return Ack(rec["topic"], rec["partition"], Position(Lsn(rec["commit_lsn"]), rec["seq"]), rec["sink"],
+               rec["offset"])
 
 
 class AckPublisher:

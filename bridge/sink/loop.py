@@ -210,7 +210,8 @@ class SinkLoop:
             raise SinkError(f"offset commit failed after the target commit: {exc}") from exc
         # 4. Acks for the producer's watermark.
         if positions:
-            self.acks.publish([Ack(t, p, pos, self.s.group_id) for (t, p), pos in positions.items()])
+            self.acks.publish([Ack(t, p, pos, self.s.group_id, b.offsets.get((t, p), -1))
+                               for (t, p), pos in positions.items()])
             self.last_positions.update(positions)
         n = len(b.records)
         self.applied_rows += n

@@ -1,0 +1,167 @@
+"""The codec facade: `TableCodec` (producer side) and `EnvelopeDecoder` (sink side).
+
+A `TableCodec` is built once per table version; its `key`/`value` are the produce hot path.
+An `EnvelopeDecoder` serves every topic of a sink; `decode` is the consume hot path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.codec.decoder import compile_decoder
+from bridge.codec.encoder import compile_writer
+from bridge.codec.names import topic_name
+from bridge.codec.schemas import key_schema, relation_from_schema, row_record, value_schema
+from bridge.codec.store import Schema, SchemaStore
+from bridge.errors import CodecError
+from bridge.events import ChangeEvent, Op, Position, Row
+from bridge.lsn import Lsn
+from bridge.relation import Relation
+
+
+class TableCodec:
+    """Encodes one table version's keys and envelopes, framed for `store`.
+
+    Construction builds the schemas, registers them with the store (so they are published before
+    any record that uses them exists) and compiles the writers. Raises `SchemaError` when the
+    relation cannot be mapped, `CodecError` when the store cannot publish.
+    """
+
+    def __init__(self, relation: Relation, store: SchemaStore, *, db: str, topic_prefix: str) -> None:
+        self.relation = relation
+        self.db = db
+        self.topic = topic_name(topic_prefix, relation.schema, relation.table)
+        self.key_schema: Schema | None = key_schema(relation, topic_prefix=topic_prefix)
+        self.value_schema: Schema = value_schema(relation, topic_prefix=topic_prefix)
+        self.key_prefix: bytes | None = None
+        self._key_write: Callable[[Any], bytes] | None = None
+        self._pk_index = tuple(relation.index[c] for c in relation.primary_key)
+        if self.key_schema is not None:
+            self.key_prefix = store.register(self.key_schema, subject=f"{self.topic}-key")
+            self._key_write = compile_writer(self.key_schema, prefix=self.key_prefix, name="write_key")
+        self.value_prefix = store.register(self.value_schema, subject=f"{self.topic}-value")
+        self._value_write = compile_writer(self.value_schema, prefix=self.value_prefix, name="write_value")
+        self._src = (db, relation.schema, relation.table)
+
+    def key(self, row: Row) -> bytes | None:
+        """The framed key of a full row (PK columns picked from it); None for a table without a
+        primary key. Raises `CodecError` naming the column whose value cannot be encoded."""
+        if self._key_write is None:
+            return None
+        pk = tuple([row[i] for i in self._pk_index])
+        try:
+            return self._key_write(pk)
+        except Exception as exc:
+            raise self._error(exc, pk, self.relation.primary_key, "key") from exc
+
+    def value(self, event: ChangeEvent) -> bytes:
+        """The framed envelope of `event`, `ts_ms` = now. Raises `CodecError` naming the column
+        (and position) whose value cannot be encoded."""
+        pos = event.position
+        db, schema, table = self._src
+        try:
+            return self._value_write((event.before, event.after, event.op,
+                                      (db, schema, table, pos.commit_lsn.value, pos.seq, event.xid,
+                                       event.commit_ts_us, event.snapshot),
+                                      time.time_ns() // 1_000_000, event.unchanged))
+        except Exception as exc:
+            for row in (event.before, event.after):
+                if row is not None:
+                    found = self._error(exc, row, self.relation.column_names, "row", position=str(pos))
+                    if "column" in found.context:
+                        raise found from exc
+            raise CodecError(f"envelope cannot be encoded: {exc!r}", table=self.relation.qualified,
+                             position=str(pos)) from exc
+
+    def _error(self, exc: Exception, values: tuple[Any, ...], names: tuple[str, ...], what: str,
+               **ctx: Any) -> CodecError:
+        """Find the first column whose value does not encode on its own (slow path, errors only)."""
+        rec = row_record(self.value_schema)
+        types = {f["pg.name"]: f["type"] for f in rec["fields"]}
+        if len(values) != len(names):
+            return CodecError(f"{what} has {len(values)} values for {len(names)} columns",
+                              table=self.relation.qualified, **ctx)
+        for name, v in zip(names, values, strict=True):
+            try:
+                compile_writer(types[name])(v)
+            except Exception as col_exc:
+                return CodecError(f"{what} value cannot be encoded: {col_exc!r}", table=self.relation.qualified,
+                                  column=name, value=repr(v)[:80], **ctx)
+        return CodecError(f"{what} cannot be encoded: {exc!r}", table=self.relation.qualified, **ctx)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedChange:
+    """One envelope as the sink sees it; rows are tuples in `relation`'s column order."""
+
+    relation: Relation
+    op: Op
+    position: Position
+    xid: int
+    commit_ts_us: int | None
+    before: Row | None
+    after: Row | None
+    unchanged: tuple[str, ...]
+    snapshot: bool
+    ts_ms: int = 0
+
+
+_OPS = {op.value: op for op in Op}
+_NO_RELATION = Relation("", "", ())  # placeholder for key schemas
+
+
+class _Entry:
+    __slots__ = ("read", "relation", "schema")
+
+    def __init__(self, schema: Schema, relation: Relation, read: Callable[[bytes, int], Any]) -> None:
+        self.schema, self.relation, self.read = schema, relation, read
+
+
+class EnvelopeDecoder:
+    """Decodes framed envelopes and keys, learning schemas through `store` (cached per schema).
+
+    `decode`/`decode_key` raise `CodecError` for unknown framing, unknown schemas and bodies that
+    do not decode, and `SchemaError` for a schema that lacks the `pg.*` properties.
+    """
+
+    def __init__(self, store: SchemaStore) -> None:
+        self._store = store
+        self._entries: dict[int, _Entry] = {}
+
+    def _entry(self, schema: Schema, envelope: bool) -> _Entry:
+        e = self._entries.get(id(schema))
+        if e is not None and e.schema is schema:
+            return e
+        rel = relation_from_schema(schema) if envelope else _NO_RELATION
+        e = self._entries[id(schema)] = _Entry(schema, rel, compile_decoder(schema))
+        return e
+
+    def decode(self, value: bytes) -> DecodedChange:
+        """Decode one framed envelope (a record value; a tombstone raises `CodecError`)."""
+        if not value:
+            raise CodecError("empty record value (a tombstone is not an envelope)")
+        schema, off = self._store.lookup(value)
+        e = self._entry(schema, True)
+        try:
+            before, after, op, src, ts_ms, unchanged = e.read(value, off)
+            _db, _schema, _table, lsn, seq, xid, commit_ts, snapshot = src
+            return DecodedChange(e.relation, _OPS[op], Position(Lsn(lsn), seq), xid, commit_ts, before, after,
+                                 tuple(unchanged), snapshot, ts_ms)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CodecError(f"record is not an envelope: {exc!r}", schema=schema.get("name")) from exc
+
+    def decode_key(self, key: bytes) -> tuple[Any, ...]:
+        """Decode one framed key to the primary-key values, in primary-key order."""
+        schema, off = self._store.lookup(key)
+        out = self._entry(schema, False).read(key, off)
+        if not isinstance(out, tuple):
+            raise CodecError("key schema is not a record", schema=schema.get("name"))
+        return out
+
+    def relation(self, value: bytes) -> Relation:
+        """The relation of a framed envelope's writer schema, without decoding the body."""
+        schema, _ = self._store.lookup(value)
+        return self._entry(schema, True).relation

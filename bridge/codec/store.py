@@ -1,0 +1,338 @@
+"""Schema stores: publish a schema before the first record that uses it, find it from a record.
+
+`TopicSchemaStore` (the default) uses Avro single-object encoding and a compacted topic
+`<prefix>._schemas` (key: the 8 fingerprint bytes; value: the schema's JSON text).
+`RegistrySchemaStore` uses a Confluent Schema Registry and its framing.
+
+The Parsing Canonical Form drops logical types and properties, so `decimal(12,2)` and
+`decimal(14,4)`, or two primary keys, would share a fingerprint. `TopicSchemaStore` therefore
+publishes each schema with its top-level record name suffixed by `_` + 8 hex digits of the CRC-32
+of the full schema JSON: the fingerprint then identifies the full schema, properties included.
+Record names do not affect the binary encoding, so bodies are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any, Protocol
+
+from bridge.codec import framing
+from bridge.errors import CodecError, ConfigError
+
+log = logging.getLogger(__name__)
+
+Schema = dict[str, Any]
+
+_MISSING_RETRY_S = 1.0  # a fingerprint found missing is looked for again after this long
+
+
+class SchemaStore(Protocol):
+    """Where schemas are published and found. Implementations are thread-safe."""
+
+    def register(self, schema: Schema, *, subject: str | None = None) -> bytes:
+        """Publish `schema` (no-op if already published) and return the framing prefix of records
+        written with it. Guarantees the schema is durably published before returning."""
+        ...
+
+    def lookup(self, data: bytes) -> tuple[Schema, int]:
+        """The writer schema of a framed record and the offset of its body. Raises `CodecError`
+        for unknown framing or an unknown schema."""
+        ...
+
+    def export_avsc(self, directory: str | Path) -> list[Path]:
+        """Write every schema this store knows as an `.avsc` file; return the paths."""
+        ...
+
+
+def _json(schema: Schema) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
+def _write_avsc(directory: str | Path, named: list[tuple[str, Schema]]) -> list[Path]:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, schema in named:
+        p = out / f"{stem}.avsc"
+        p.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
+        paths.append(p)
+    return paths
+
+
+def _full_name(schema: Schema) -> str:
+    ns, name = schema.get("namespace"), schema.get("name", "schema")
+    return f"{ns}.{name}" if ns and "." not in name else str(name)
+
+
+def published_form(schema: Schema) -> Schema:
+    """`schema` with its record name suffixed by the CRC-32 of its full JSON (see module doc)."""
+    if not isinstance(schema, dict) or "name" not in schema:
+        return schema
+    digest = f"{zlib.crc32(_json(schema).encode()):08x}"
+    return {**schema, "name": f"{schema['name']}_{digest}"}
+
+
+class TopicSchemaStore:
+    """Single-object encoding with schemas in the compacted topic `<topic_prefix>._schemas`.
+
+    `register` is called by the producer for every new table version, before its first record;
+    `lookup` per record by consumers (a dict lookup; an unknown fingerprint reads the topic to its
+    end once, then fails with `CodecError`).
+    """
+
+    def __init__(self, bootstrap: str, topic_prefix: str, kafka_config: dict[str, Any] | None = None, *,
+                 timeout: float = 30.0) -> None:
+        self.topic = f"{topic_prefix}._schemas"
+        self._conf: dict[str, Any] = {"bootstrap.servers": bootstrap, **(kafka_config or {})}
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._by_header: dict[bytes, Schema] = {}  # C3 01 + fingerprint -> published schema
+        self._registered: dict[str, bytes] = {}  # schema JSON -> header
+        self._offsets: dict[int, int] = {}  # partition -> next offset to read
+        self._missing: dict[bytes, float] = {}  # header -> monotonic time it was last found missing
+        self._producer: Any = None
+        self._topic_ready = False
+
+    # -- publishing ---------------------------------------------------------------------------
+    def register(self, schema: Schema, *, subject: str | None = None) -> bytes:
+        """See `SchemaStore.register`. Raises `CodecError` if the broker does not take it."""
+        key = _json(schema)
+        header = self._registered.get(key)
+        if header is not None:
+            return header
+        with self._lock:
+            header = self._registered.get(key)
+            if header is not None:
+                return header
+            published = published_form(schema)
+            fp = framing.fingerprint(published)
+            header = framing.single_object_prefix(fp)
+            if header not in self._by_header:
+                self._publish(fp, published)
+                self._by_header[header] = published
+            self._registered[key] = header
+            log.info("schema published topic=%s fingerprint=%s name=%s", self.topic, fp.hex(), _full_name(published))
+            return header
+
+    def _ensure_topic(self) -> None:
+        if self._topic_ready:
+            return
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+        admin = AdminClient(self._conf)
+        if self.topic not in admin.list_topics(timeout=self._timeout).topics:
+            fut = admin.create_topics([NewTopic(self.topic, num_partitions=1, replication_factor=-1,
+                                                config={"cleanup.policy": "compact"})],
+                                      operation_timeout=self._timeout)[self.topic]
+            try:
+                fut.result(timeout=self._timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise CodecError(f"cannot create the schema topic: {exc}", topic=self.topic) from exc
+        self._topic_ready = True
+
+    def _publish(self, fp: bytes, schema: Schema) -> None:
+        from confluent_kafka import Producer
+
+        self._ensure_topic()
+        if self._producer is None:
+            self._producer = Producer({**self._conf, "acks": "all", "enable.idempotence": True, "linger.ms": 0})
+        errors: list[Any] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(err)
+
+        self._producer.produce(self.topic, key=fp, value=json.dumps(schema).encode(), on_delivery=delivered)
+        left = self._producer.flush(self._timeout)
+        if left or errors:
+            raise CodecError("schema not published", topic=self.topic, fingerprint=fp.hex(),
+                             error=str(errors[0]) if errors else f"{left} undelivered after {self._timeout}s")
+
+    # -- finding -----------------------------------------------------------------------------
+    def lookup(self, data: bytes) -> tuple[Schema, int]:
+        """See `SchemaStore.lookup`."""
+        schema = self._by_header.get(bytes(data[:framing.SINGLE_OBJECT_HEADER]))
+        if schema is not None:
+            return schema, framing.SINGLE_OBJECT_HEADER
+        fp = framing.single_object_fingerprint(data)  # raises on bad framing
+        header = framing.single_object_prefix(fp)
+        with self._lock:
+            # A fingerprint just found missing is not looked for again at once: a topic full of
+            # foreign records must not turn every lookup into a read of the schema topic.
+            if header not in self._by_header and time.monotonic() - self._missing.get(header, -1e9) > _MISSING_RETRY_S:
+                self._read_topic()
+                if header not in self._by_header:
+                    self._missing[header] = time.monotonic()
+        schema = self._by_header.get(header)
+        if schema is None:
+            raise CodecError("unknown schema fingerprint (not in the schema topic)", fingerprint=fp.hex(), topic=self.topic)
+        return schema, framing.SINGLE_OBJECT_HEADER
+
+    def _read_topic(self) -> None:
+        """Read `<prefix>._schemas` from where the last read stopped to its current end."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+        consumer = Consumer({**self._conf, "group.id": f"bridge-schemas-{uuid.uuid4()}", "enable.auto.commit": False,
+                             "enable.partition.eof": False, "fetch.queue.backoff.ms": 10})
+        try:
+            meta = consumer.list_topics(self.topic, timeout=self._timeout).topics.get(self.topic)
+            if meta is None or meta.error is not None:
+                return
+            ends: dict[int, int] = {}
+            for p in meta.partitions:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self._timeout)
+                if high > self._offsets.get(p, 0):
+                    ends[p] = high
+            if not ends:
+                return
+            consumer.assign([TopicPartition(self.topic, p, self._offsets.get(p, OFFSET_BEGINNING)) for p in ends])
+            deadline = time.monotonic() + self._timeout
+            while any(self._offsets.get(p, 0) < end for p, end in ends.items()):
+                if time.monotonic() > deadline:
+                    raise CodecError("timed out reading the schema topic", topic=self.topic)
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    continue
+                if msg.error() is not None:
+                    raise CodecError(f"cannot read the schema topic: {msg.error()}", topic=self.topic)
+                part, off = msg.partition(), msg.offset()
+                if part is None or off is None:
+                    continue
+                self._offsets[part] = off + 1
+                self._learn(msg.key(), msg.value(), off)
+        except KafkaException as exc:
+            raise CodecError(f"cannot read the schema topic: {exc}", topic=self.topic) from exc
+        finally:
+            consumer.close()
+
+    def _learn(self, key: bytes | None, value: bytes | None, offset: int) -> None:
+        if key is None or value is None or len(key) != 8:
+            return
+        try:
+            schema = json.loads(value)
+            fp = framing.fingerprint(schema)
+        except (ValueError, CodecError):
+            log.warning("skipping unreadable schema topic=%s offset=%s", self.topic, offset)
+            return
+        if fp != key:
+            log.warning("skipping schema whose fingerprint does not match its key topic=%s offset=%s", self.topic, offset)
+            return
+        self._by_header.setdefault(framing.single_object_prefix(fp), schema)
+
+    def export_avsc(self, directory: str | Path) -> list[Path]:
+        """See `SchemaStore.export_avsc`. Reads the schema topic first, so it exports every
+        schema ever published under this prefix. Files are named `<fullname>.avsc`."""
+        with self._lock:
+            self._read_topic()
+            named = [(_full_name(s), s) for s in self._by_header.values()]
+        return _write_avsc(directory, named)
+
+    def close(self) -> None:
+        """Flush and drop the producer. Called at shutdown."""
+        if self._producer is not None:
+            self._producer.flush(self._timeout)
+            self._producer = None
+
+
+class RegistrySchemaStore:
+    """Confluent Schema Registry framing (`00` + 4-byte id) through `SchemaRegistryClient`.
+
+    `url` may be `mock://name` for the client's in-process mock. `subject` defaults to the
+    record's full name; `TableCodec` passes `<topic>-key` / `<topic>-value` (TopicNameStrategy).
+    `client` replaces the one built from `url`/`conf` (to share one mock between instances).
+    Raises `ConfigError` when the client's extra dependencies are not installed.
+    """
+
+    def __init__(self, url: str, conf: dict[str, Any] | None = None, *, client: Any = None) -> None:
+        try:
+            from confluent_kafka.schema_registry import Schema as RegistrySchema
+            from confluent_kafka.schema_registry import SchemaRegistryClient
+        except ImportError as exc:
+            raise ConfigError("the schema registry client needs confluent-kafka[schemaregistry]",
+                              missing=exc.name) from exc
+        full = {"url": url, **(conf or {})}
+        new = getattr(SchemaRegistryClient, "new_client", None)
+        if client is None:
+            client = new(full) if new is not None else SchemaRegistryClient(full)
+        self._client: Any = client
+        self._schema_type: Any = RegistrySchema
+        self._lock = threading.Lock()
+        self._registered: dict[tuple[str, str], bytes] = {}
+        self._by_id: dict[int, Schema] = {}
+
+    def register(self, schema: Schema, *, subject: str | None = None) -> bytes:
+        """See `SchemaStore.register`. Raises `CodecError` when the registry refuses it."""
+        subj = subject or _full_name(schema)
+        key = (subj, _json(schema))
+        header = self._registered.get(key)
+        if header is not None:
+            return header
+        with self._lock:
+            try:
+                schema_id = int(self._client.register_schema(subj, self._schema_type(json.dumps(schema), "AVRO")))
+            except Exception as exc:
+                raise CodecError(f"schema registry refused the schema: {exc}", subject=subj) from exc
+            header = framing.confluent_prefix(schema_id)
+            self._by_id[schema_id] = schema
+            self._registered[key] = header
+            log.info("schema registered subject=%s id=%s", subj, schema_id)
+            return header
+
+    def lookup(self, data: bytes) -> tuple[Schema, int]:
+        """See `SchemaStore.lookup`."""
+        schema_id = framing.confluent_schema_id(data)
+        schema = self._by_id.get(schema_id)
+        if schema is None:
+            with self._lock:
+                try:
+                    text = self._client.get_schema(schema_id).schema_str
+                except Exception as exc:
+                    raise CodecError(f"unknown schema id: {exc}", schema_id=schema_id) from exc
+                schema = self._by_id[schema_id] = json.loads(text)
+        return schema, framing.CONFLUENT_HEADER
+
+    def export_avsc(self, directory: str | Path) -> list[Path]:
+        """See `SchemaStore.export_avsc`: the schemas this instance registered or looked up,
+        named `<fullname>.<id>.avsc`."""
+        return _write_avsc(directory, [(f"{_full_name(s)}.{i}", s) for i, s in sorted(self._by_id.items())])
+
+
+class MemorySchemaStore:
+    """Single-object framing with schemas held in this process only (tests, tools, `--dry-run`).
+
+    Same framing and published form as `TopicSchemaStore`, so bodies are byte-identical."""
+
+    def __init__(self) -> None:
+        self._by_header: dict[bytes, Schema] = {}
+        self._registered: dict[str, bytes] = {}
+
+    def register(self, schema: Schema, *, subject: str | None = None) -> bytes:
+        """See `SchemaStore.register`."""
+        key = _json(schema)
+        header = self._registered.get(key)
+        if header is None:
+            published = published_form(schema)
+            header = framing.single_object_prefix(framing.fingerprint(published))
+            self._by_header.setdefault(header, published)
+            self._registered[key] = header
+        return header
+
+    def lookup(self, data: bytes) -> tuple[Schema, int]:
+        """See `SchemaStore.lookup`."""
+        schema = self._by_header.get(bytes(data[:framing.SINGLE_OBJECT_HEADER]))
+        if schema is None:
+            fp = framing.single_object_fingerprint(data)
+            raise CodecError("unknown schema fingerprint", fingerprint=fp.hex())
+        return schema, framing.SINGLE_OBJECT_HEADER
+
+    def export_avsc(self, directory: str | Path) -> list[Path]:
+        """See `SchemaStore.export_avsc`."""
+        return _write_avsc(directory, [(_full_name(s), s) for s in self._by_header.values()])

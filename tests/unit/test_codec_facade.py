@@ -1,0 +1,155 @@
+"""TableCodec → bytes → EnvelopeDecoder, with the in-process store and the registry's mock."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from bridge.codec import EnvelopeDecoder, MemorySchemaStore, RegistrySchemaStore, SchemaStore, TableCodec
+from bridge.codec.schemas import relation_from_schema
+from bridge.errors import CodecError
+from bridge.events import ChangeEvent, Op, Position
+from bridge.lsn import Lsn
+from bridge.relation import Column, Relation
+
+ORDERS = Relation("public", "orders", (
+    Column("id", "bigint", "int8", not_null=True),
+    Column("account_id", "integer", "int4", not_null=True),
+    Column("amount", "numeric(12,2)", "numeric", not_null=True, precision=12, scale=2),
+    Column("status", "text", "text", not_null=True),
+    Column("note", "text", "text"),
+    Column("created_at", "timestamp with time zone", "timestamptz", not_null=True),
+    Column("payload", "jsonb", "jsonb"),
+), ("id",), replica_identity="f", version=3)
+
+ROW = (42, 7, Decimal("123.45"), "paid", None, 1_763_000_000_123_456, '{"a": 1}')
+ROW2 = (42, 7, Decimal("NaN"), "refunded", "note", 9223372036854775807, None)
+
+
+def event(op: Op, before: tuple[object, ...] | None, after: tuple[object, ...] | None, **kw: object) -> ChangeEvent:
+    return ChangeEvent(ORDERS, op, Position(Lsn.parse("16/B374D848"), 12), 991, 1_763_000_000_000_001,
+                       before, after, **kw)  # type: ignore[arg-type]
+
+
+def stores() -> list[SchemaStore]:
+    out: list[SchemaStore] = [MemorySchemaStore()]
+    try:
+        out.append(RegistrySchemaStore("mock://codec-tests"))
+    except Exception:  # the registry client's extra dependencies are missing
+        pass
+    return out
+
+
+@pytest.fixture(params=stores(), ids=lambda s: type(s).__name__)
+def store(request: pytest.FixtureRequest) -> SchemaStore:
+    s: SchemaStore = request.param
+    return s
+
+
+def test_update_round_trip(store: SchemaStore) -> None:
+    codec = TableCodec(ORDERS, store, db="shop", topic_prefix="bridge")
+    assert codec.topic == "bridge.public.orders"
+    before_ms = time.time_ns() // 1_000_000
+    value = codec.value(event(Op.UPDATE, ROW, ROW2, unchanged=("payload",)))
+    dec = EnvelopeDecoder(store).decode(value)
+    assert dec.relation == ORDERS
+    assert dec.op is Op.UPDATE
+    assert dec.position == Position(Lsn.parse("16/B374D848"), 12)
+    assert (dec.xid, dec.commit_ts_us, dec.snapshot, dec.unchanged) == (991, 1_763_000_000_000_001, False, ("payload",))
+    assert dec.before == ROW
+    assert dec.after is not None and dec.after[2].is_nan() and dec.after[:2] == ROW2[:2] and dec.after[3:] == ROW2[3:]
+    assert all(type(a) is type(b) for a, b in zip(dec.before, ROW, strict=True))
+    assert before_ms <= dec.ts_ms <= time.time_ns() // 1_000_000
+
+
+def test_key_round_trip(store: SchemaStore) -> None:
+    codec = TableCodec(ORDERS, store, db="shop", topic_prefix="bridge")
+    key = codec.key(ROW)
+    assert key is not None
+    assert EnvelopeDecoder(store).decode_key(key) == (42,)
+    assert codec.key(ROW) == key  # stable: partitioning depends on it
+
+
+def test_composite_numeric_key() -> None:
+    rel = Relation("s", "t", (Column("a", "text", "text"), Column("n", "numeric(5,1)", "numeric", precision=5, scale=1),
+                              Column("v", "text", "text")), ("n", "a"))
+    store = MemorySchemaStore()
+    codec = TableCodec(rel, store, db="d", topic_prefix="p")
+    dec = EnvelopeDecoder(store)
+    assert dec.decode_key(codec.key(("x", Decimal("1.5"), "v")) or b"") == (Decimal("1.5"), "x")
+    nan = dec.decode_key(codec.key(("x", Decimal("NaN"), "v")) or b"")
+    assert nan[0].is_nan() and nan[1] == "x"
+
+
+def test_delete_snapshot_and_no_primary_key() -> None:
+    rel = Relation("public", "log", ORDERS.columns, (), replica_identity="f")
+    store = MemorySchemaStore()
+    codec = TableCodec(rel, store, db="shop", topic_prefix="bridge")
+    assert codec.key_schema is None and codec.key(ROW) is None
+    dec = EnvelopeDecoder(store).decode(codec.value(
+        ChangeEvent(rel, Op.DELETE, Position(Lsn(5), 0), 1, None, ROW, None, snapshot=True)))
+    assert (dec.op, dec.before, dec.after, dec.commit_ts_us, dec.snapshot) == (Op.DELETE, ROW, None, None, True)
+    assert dec.relation.primary_key == ()
+
+
+def test_bad_value_names_the_column() -> None:
+    codec = TableCodec(ORDERS, MemorySchemaStore(), db="shop", topic_prefix="bridge")
+    bad = (42, 7, Decimal("1.234"), "paid", None, 0, None)
+    with pytest.raises(CodecError) as info:
+        codec.value(event(Op.INSERT, None, bad))
+    assert info.value.context["column"] == "amount"
+    with pytest.raises(CodecError) as info:
+        codec.value(event(Op.INSERT, None, (42, "seven", Decimal(1), "x", None, 0, None)))
+    assert info.value.context["column"] == "account_id"
+    with pytest.raises(CodecError):
+        codec.value(event(Op.INSERT, None, ROW[:3]))
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"", "empty"),
+    (b"\x00\x00\x00\x00\x07rest", "single-object"),
+    (b"\xc3\x01\x00", "single-object"),
+    (b"garbage!!!!!", "unknown framing"),
+    (b"\xc3\x01" + bytes(8) + b"\x00", "unknown schema fingerprint"),
+])
+def test_garbage_framing_raises_codec_error(data: bytes, words: str) -> None:
+    with pytest.raises(CodecError, match=words):
+        EnvelopeDecoder(MemorySchemaStore()).decode(data)
+
+
+def test_tombstone_raises_codec_error() -> None:
+    with pytest.raises(CodecError, match="tombstone"):
+        EnvelopeDecoder(MemorySchemaStore()).decode(None)  # type: ignore[arg-type]
+
+
+def test_truncated_body_raises_codec_error() -> None:
+    store = MemorySchemaStore()
+    value = TableCodec(ORDERS, store, db="shop", topic_prefix="bridge").value(event(Op.INSERT, None, ROW))
+    with pytest.raises(CodecError):
+        EnvelopeDecoder(store).decode(value[:-30])
+
+
+def test_export_avsc(tmp_path: Path) -> None:
+    store = MemorySchemaStore()
+    TableCodec(ORDERS, store, db="shop", topic_prefix="bridge")
+    paths = store.export_avsc(tmp_path)
+    assert len(paths) == 2
+    schemas = [json.loads(p.read_text()) for p in paths]
+    envelope = next(s for s in schemas if s["name"].startswith("Envelope"))
+    assert relation_from_schema(envelope) == ORDERS
+
+
+def test_registry_framing_and_fresh_client_lookup() -> None:
+    pytest.importorskip("confluent_kafka.schema_registry")
+    store = RegistrySchemaStore("mock://codec-fresh")
+    value = TableCodec(ORDERS, store, db="shop", topic_prefix="bridge").value(event(Op.INSERT, None, ROW))
+    assert value[0] == 0
+    # a fresh store knows nothing locally: it must ask the registry (the same mock instance)
+    other = RegistrySchemaStore("mock://codec-fresh", client=store._client)
+    assert EnvelopeDecoder(other).decode(value).after == ROW
+    with pytest.raises(CodecError, match="Confluent"):
+        store.lookup(b"\xc3\x01" + bytes(9))
