@@ -611,7 +611,7 @@ def _build(raw: dict[str, Any], errors: list[str], origin: Mapping[str, str]) ->
 _SLOT = re.compile(r"^[a-z0-9_]{1,63}$")
 _TOPIC = re.compile(r"^[a-zA-Z0-9._-]+$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
-_TABLE_GLOB = re.compile(r"^[^.\s]+\.[^\s]+$")
+_TABLE_GLOB = re.compile(r"^[^.]+\..+$")  # schema.table; names may hold spaces
 
 
 def _validate(c: Config, errors: list[str], origin: Mapping[str, str]) -> None:

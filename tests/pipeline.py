@@ -50,7 +50,8 @@ class BridgeProcess:
         self.name = name or command
         self.config = config
         self.log_dir = log_dir
-        self.env = {**os.environ, **(env or {})}
+        self.env = {k: v for k, v in os.environ.items() if k != "BRIDGE_METRICS__PORT"}
+        self.env.update(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.kills = 0
@@ -61,7 +62,7 @@ class BridgeProcess:
 
     def start(self, extra_env: dict[str, str] | None = None) -> BridgeProcess:
         log = open(self.logfile, "ab")
-        env = {**self.env, **(extra_env or {})}
+        env = {"BRIDGE_METRICS__PORT": str(free_port()), **self.env, **(extra_env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "bridge", self.command, "--config", str(self.config),
                                       "--log-format", "text"], stdout=log, stderr=subprocess.STDOUT,
                                      cwd=REPO, env=env, start_new_session=True)
@@ -148,3 +149,17 @@ def slot_confirmed(dsn: str, slot: str) -> int | None:
         row = conn.execute("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots "
                            "WHERE slot_name = %s", (slot,)).fetchone()
     return None if row is None or row[0] is None else int(row[0])
+
+
+def wait_slot_active(dsn: str, slot: str, proc: BridgeProcess | None = None, timeout: float = 60.0) -> None:
+    """Wait until the producer holds its slot (created and streaming or peeking)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+        if row is not None:
+            return
+        if proc is not None and proc.proc is not None and proc.proc.poll() is not None:
+            raise AssertionError(f"{proc.name} exited {proc.proc.returncode}:\n{proc.log_tail()}")
+        time.sleep(0.2)
+    raise AssertionError(f"slot {slot} never appeared")

@@ -30,7 +30,7 @@ from tests.chaos.harness import (
     read_all_records,
 )
 from tests.conftest import PgServer
-from tests.pipeline import BridgeProcess, wait_converged, write_config
+from tests.pipeline import BridgeProcess, wait_converged, wait_slot_active, write_config
 
 FULL = os.environ.get("BRIDGE_CHAOS_FULL") == "1"
 CHANGES = int(os.environ.get("BRIDGE_CHAOS_CHANGES", 320_000 if FULL else 40_000))
@@ -56,6 +56,7 @@ def test_chaos(pg: PgServer, kafka_broker: LocalKafka, tmp_path: Path, capture: 
     producer.start()
     for s in sinks:
         s.start()
+    wait_slot_active(source, slot, producer)
 
     stop = threading.Event()
     load = ChaosWorkload(source, CHANGES, BIG_TXN)

@@ -8,6 +8,7 @@ confirmed past the last transaction (the ack loop closed).
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 
 from tests.conftest import Broker
-from tests.pipeline import BridgeProcess, slot_confirmed, wait_converged, write_config
+from tests.pipeline import BridgeProcess, slot_confirmed, wait_converged, wait_slot_active, write_config
 
 SCHEMA = r'''
 CREATE SCHEMA "My Schema";
@@ -81,9 +82,11 @@ def test_end_to_end(broker: Broker, source_dsn: str, target_dsn: str, tmp_path: 
     cfg = write_config(tmp_path, source_dsn=source_dsn, target_dsn=target_dsn, bootstrap=broker.bootstrap,
                        capture=capture, source__tables=["public.*", "My Schema.*"],
                        source__exclude=["public.ignored"])
+    slot = json.loads(cfg.read_text())["source"]["slot"]
     producer = BridgeProcess("produce", cfg, tmp_path).start()
     sink = BridgeProcess("sink", cfg, tmp_path).start()
     try:
+        wait_slot_active(source_dsn, slot, producer)
         workload(source_dsn)
         wait_converged(source_dsn, target_dsn, {t: (c, o) for t, (c, o) in TABLES.items()}, timeout=180,
                        procs=[producer, sink])
@@ -93,7 +96,6 @@ def test_end_to_end(broker: Broker, source_dsn: str, target_dsn: str, tmp_path: 
         with psycopg.connect(source_dsn) as conn:
             end = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
         assert end is not None
-        slot = __import__("json").loads(cfg.read_text())["source"]["slot"]
         # Everything written is applied, so the watermark (helped by heartbeats) passes the WAL end.
         deadline = time.monotonic() + 60
         while (slot_confirmed(source_dsn, slot) or 0) < int(end[0]) and time.monotonic() < deadline:
