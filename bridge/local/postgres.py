@@ -27,6 +27,9 @@ _SETTINGS = {
     "full_page_writes": "off",
     "max_wal_size": "4GB",
     "log_min_messages": "warning",
+    # A fast shutdown waits for each logical walsender's client to confirm all it was sent, at
+    # most wal_sender_timeout; the bridge confirms only what the sink applied, so keep it short.
+    "wal_sender_timeout": "5s",
     "log_line_prefix": "'%m [%p] %d '",
 }
 
@@ -109,8 +112,13 @@ class LocalPostgres:
                 time.sleep(0.1)
 
     def stop(self, mode: str = "fast") -> None:
-        if self.datadir.exists():
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop",
+        """Stop the server; a `fast` stop that has not finished in 30 s becomes `immediate`."""
+        if not self.datadir.exists():
+            return
+        res = self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "-t", "30",
+                        "stop", check=False)
+        if res.returncode != 0 and mode != "immediate" and "Is server running?" not in res.stderr:
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop",
                       check=False)
 
     def restart(self, mode: str = "fast") -> None:

@@ -373,15 +373,27 @@ class ChangeProducer:
                 lsn_header: bytes, xid_header: bytes) -> None:
         relation, op, before, after, unchanged = self.decoder.decode(change)
         codec = self.codec_for(relation)
-        event = ChangeEvent(relation, op, pos, xid, commit_ts_us, before, after, unchanged)
-        key = codec.key(after if after is not None else before)
-        value = codec.value(event)
         topic = self._topic(relation.schema, relation.table)
-        partition = partition_for(key, self._partitions[topic])
+        n = self._partitions[topic]
+        key = codec.key(after if after is not None else before)
+        partition = partition_for(key, n)
         metrics.CHANGES_CAPTURED.labels(relation.qualified, op.value).inc()
         headers: list[tuple[str, str | bytes | None]] = [
             (HEADER_LSN, lsn_header), (HEADER_SEQ, str(pos.seq).encode()), (HEADER_XID, xid_header)]
-        self._send(entry, topic, partition, key, value, headers, pos)
+        if op is Op.UPDATE and before is not None and after is not None and relation.primary_key:
+            old_key = codec.key(before)
+            old_partition = partition_for(old_key, n)
+            if old_key != key and old_partition != partition:
+                # A primary-key change across partitions: the old key's earlier changes are in
+                # its own partition, so its end must be there too, in order — a delete of the old
+                # key there and a create of the new key here (same position, one per partition).
+                gone = ChangeEvent(relation, Op.DELETE, pos, xid, commit_ts_us, before, None)
+                self._send(entry, topic, old_partition, old_key, codec.value(gone), headers, pos)
+                if self.s.tombstones:
+                    self._send(entry, topic, old_partition, old_key, None, headers, pos)
+                op, before = Op.INSERT, None
+        event = ChangeEvent(relation, op, pos, xid, commit_ts_us, before, after, unchanged)
+        self._send(entry, topic, partition, key, codec.value(event), headers, pos)
         if op is Op.DELETE and self.s.tombstones and key is not None:
             self._send(entry, topic, partition, key, None, headers, pos)
 
