@@ -99,7 +99,7 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
         return StreamCapture(dsn, src.slot, status_interval_s=src.status_interval_s)
 
     catalog_conn = sql_connect(dsn, src.slot)
-    catalog = Catalog(catalog_conn)
+    catalog = Catalog(catalog_conn, reconnect=lambda: sql_connect(dsn, src.slot))
     decoder = ChangeDecoder(catalog)
     store = _schema_store(cfg)
     db = catalog_conn.info.dbname
@@ -145,7 +145,7 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
     cp.snapshot = _snapshot_plan(cfg, dsn, start, exported, producer, include=cp.include)
 
     def close() -> None:
-        closers = (tails.close, catalog_conn.close, acks.close if acks else None,
+        closers = (tails.close, catalog.close, acks.close if acks else None,
                    exported[0].close if exported else None)
         for closer in closers:
             if closer is not None:
@@ -200,7 +200,9 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
     from bridge.sink.apply import Applier
     from bridge.sink.deadletter import DeadLetters
     from bridge.sink.loop import SinkLoop, SinkSettings, kafka_consumer_config
+    from bridge.sink.positions import PositionTable
     from bridge.sink.records import SinkRecord
+    from bridge.sink.truncate import TruncateBarrier
 
     cfg.require("sink", "kafka")
     extra = dict(cfg.kafka.config)
@@ -220,7 +222,8 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
         dead_letters=DeadLetters(side, cfg.sink.dead_letter_topic),
         settings=SinkSettings(topic_prefix=cfg.kafka.topic_prefix, group_id=cfg.sink.group_id,
                               batch_max_rows=cfg.sink.batch_max_rows, batch_max_bytes=cfg.sink.batch_max_bytes,
-                              batch_max_ms=cfg.sink.batch_max_ms))
+                              batch_max_ms=cfg.sink.batch_max_ms),
+        barrier=TruncateBarrier(PositionTable(cfg.sink.position_schema)))
 
     def close() -> None:
         try:

@@ -21,17 +21,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from bridge import metrics
 from bridge.ack.channel import Ack, AckPublisher
 from bridge.errors import BridgeError, CodecError, SinkError
-from bridge.events import Position
+from bridge.events import Op, Position
 from bridge.sink.deadletter import DeadLetters
+from bridge.sink.truncate import TruncateBarrier
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,36 @@ class DecodedLike(Protocol):
 class ApplierLike(Protocol):
     def apply_isolating(self, records: Sequence[Any]) -> tuple[dict[tuple[str, int], Position],
                                                                list[tuple[Any, Exception]]]: ...
+
+    def load_positions(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Position]: ...
+
+    def forget_positions(self, partitions: Iterable[tuple[str, int]]) -> None: ...
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]: ...
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A target failure that goes away by itself: a lost connection (restart), a deadlock, a
+    serialization failure, the server shutting down or not yet accepting connections."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, psycopg.OperationalError):
+            return True
+        state = getattr(cause, "sqlstate", None) or getattr(cause, "context", {}).get("sqlstate")
+        if isinstance(state, str) and (state.startswith(("08", "57P")) or state in ("40001", "40P01")):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A partition that arrived at a TRUNCATE and waits for the others (see truncate.py)."""
+
+    position: Position
+    offset: int  # the offset of the TRUNCATE record: committed only once the barrier is passed
+    partitions: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +133,8 @@ class SinkLoop:
 
     def __init__(self, *, consumer: Consumer, decode: Callable[[bytes], DecodedLike],
                  make_record: Callable[[str, int, int, DecodedLike], Any], applier: ApplierLike,
-                 acks: AckPublisher, dead_letters: DeadLetters, settings: SinkSettings) -> None:
+                 acks: AckPublisher, dead_letters: DeadLetters, settings: SinkSettings,
+                 barrier: TruncateBarrier | None = None, stop: threading.Event | None = None) -> None:
         self.consumer = consumer
         self.decode = decode
         self.make_record = make_record
@@ -113,6 +146,10 @@ class SinkLoop:
         self.applied_rows = 0
         self.batches = 0
         self.last_positions: dict[tuple[str, int], Position] = {}
+        self.barrier = barrier
+        self.stop = stop or threading.Event()
+        self._waiting: dict[tuple[str, int], _Waiting] = {}
+        self._partitions: dict[str, int] = {}
 
     def subscribe(self) -> None:
         self.consumer.subscribe([data_topic_pattern(self.s.topic_prefix)], on_revoke=self._on_revoke,
@@ -121,18 +158,28 @@ class SinkLoop:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %d partitions", len(partitions),
                  extra={"partitions": [f"{tp.topic}/{tp.partition}" for tp in partitions]})
+        try:
+            self.applier.load_positions([(tp.topic or "", tp.partition or 0) for tp in partitions])
+        except Exception as exc:
+            # positions load again lazily at the first apply
+            log.warning("could not load positions on assignment: %s", exc)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Finish the in-flight batch if possible; otherwise abandon it uncommitted."""
-        if self._batch.empty():
-            return
-        try:
-            self.commit()
-        except Exception as exc:
-            log.warning("rebalance: abandoning the in-flight batch: %s", exc)
-            self._batch = _Batch()
+        """Finish the in-flight batch if possible; otherwise abandon it uncommitted (safe: its
+        offsets stay uncommitted and the next owner re-reads it)."""
+        tps = [(tp.topic or "", tp.partition or 0) for tp in partitions]
+        for tp in tps:
+            self._waiting.pop(tp, None)  # the next owner re-reads the TRUNCATE and waits itself
+        if not self._batch.empty():
+            try:
+                self.commit(retry=False)
+            except Exception as exc:
+                log.warning("rebalance: abandoning the in-flight batch: %s", exc)
+                self._batch = _Batch()
+        self.applier.forget_positions(tps)
 
     def run(self, stop: threading.Event) -> None:
+        self.stop = stop
         self.subscribe()
         metrics.UP.labels("sink").set(1)
         try:
@@ -154,6 +201,8 @@ class SinkLoop:
         want = max(1, min(self.s.batch_max_rows - len(b), 10_000))
         for msg in self.consumer.consume(want, timeout):
             self._take(msg)
+        if self._waiting:
+            self._check_waiting()
         b = self._batch
         if not b.empty() and (len(b) >= self.s.batch_max_rows or b.raw_bytes >= self.s.batch_max_bytes
                               or time.monotonic() >= b.started + self.s.batch_max_ms / 1000):
@@ -168,31 +217,107 @@ class SinkLoop:
                 raise SinkError(f"consumer: {err}")
             log.warning("consumer: %s", err)
             return
+        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+        if (topic, partition) in self._waiting:
+            return  # fetched before the pause: read again after the barrier (seek)
         b = self._batch
         if b.empty():
             b.started = time.monotonic()
-        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-        b.offsets[(topic, partition)] = offset + 1
         value = msg.value()
         if value is None:
+            b.offsets[(topic, partition)] = offset + 1
             return  # a tombstone: it only serves compaction; its delete came just before it
-        b.raw_bytes += len(value)
-        b.messages[(topic, partition, offset)] = msg
         try:
             change = self.decode(value)
         except (CodecError, BridgeError) as exc:
+            b.offsets[(topic, partition)] = offset + 1
+            b.messages[(topic, partition, offset)] = msg
             b.dead.append((msg, exc))
             return
+        if self.barrier is not None and getattr(change, "op", None) == Op.TRUNCATE:
+            n = self._partition_count(topic)
+            if n > 1:
+                self._truncate(topic, partition, offset, n, change)
+                return
+        b.offsets[(topic, partition)] = offset + 1
+        b.raw_bytes += len(value)
+        b.messages[(topic, partition, offset)] = msg
         b.records.append(self.make_record(topic, partition, offset, change))
 
-    def commit(self) -> None:
-        """Commit the batch: apply → dead letters → offsets → acks (see module docstring)."""
+    def _partition_count(self, topic: str) -> int:
+        n = self._partitions.get(topic)
+        if n is None:
+            md = self.consumer.list_topics(topic, timeout=10)
+            n = self._partitions[topic] = len(md.topics[topic].partitions)
+        return n
+
+    def _truncate(self, topic: str, partition: int, offset: int, n: int, change: Any) -> None:
+        """A TRUNCATE in a topic of several partitions: pass it through the barrier."""
+        barrier = self.barrier
+        assert barrier is not None
+        self.commit()  # everything consumed before it, first
+        rel = change.relation
+        pos: Position = change.position
+        done = self._with_retry(lambda: barrier.arrive(self.applier.conn, topic, partition, n, pos,
+                                                       rel.schema, rel.table))
+        self.applier.load_positions([(topic, partition)])
+        if done:
+            self._pass_barrier(topic, partition, offset, pos)
+            return
+        log.info("partition waits at a TRUNCATE for the other %d partitions", n - 1,
+                 extra={"topic": topic, "partition": partition, "position": str(pos)})
+        self._waiting[(topic, partition)] = _Waiting(pos, offset, n)
+        self.consumer.pause([TopicPartition(topic, partition)])
+        self.acks.publish([Ack(topic, partition, pos, self.s.group_id, offset)])
+
+    def _pass_barrier(self, topic: str, partition: int, offset: int, pos: Position) -> None:
+        self.consumer.commit(offsets=[TopicPartition(topic, partition, offset + 1, metadata=str(pos))],
+                             asynchronous=False)
+        self.acks.publish([Ack(topic, partition, pos, self.s.group_id, offset + 1)])
+
+    def _check_waiting(self) -> None:
+        barrier = self.barrier
+        assert barrier is not None
+        for (topic, partition), w in list(self._waiting.items()):
+            def check(topic: str = topic, w: _Waiting = w) -> bool:
+                return barrier.complete(self.applier.conn, topic, w.partitions, w.position)
+
+            passed = self._with_retry(check)
+            if passed:
+                del self._waiting[(topic, partition)]
+                self._pass_barrier(topic, partition, w.offset, w.position)
+                tp = TopicPartition(topic, partition, w.offset + 1)
+                self.consumer.resume([tp])
+                self.consumer.seek(tp)
+                log.info("TRUNCATE barrier passed", extra={"topic": topic, "partition": partition})
+
+    def _with_retry(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` against the target; while the target is unreachable, wait and try again."""
+        delay = 0.5
+        while True:
+            try:
+                return fn()
+            except Exception as exc:
+                if not _retryable(exc) or self.stop.is_set():
+                    raise
+                log.warning("target unavailable (%s); retrying in %.1fs", exc, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def commit(self, retry: bool = True) -> None:
+        """Commit the batch: apply → dead letters → offsets → acks (see module docstring).
+
+        Step 1 is retried while the target is unreachable (a restart); the batch stays in memory
+        and the position table makes a repeated apply harmless."""
         b = self._batch
         if b.empty():
             return
         started = time.monotonic()
         # 1. One target transaction: rows and positions.
-        positions, rejects = self.applier.apply_isolating(b.records)
+        if retry:
+            positions, rejects = self._with_retry(lambda: self.applier.apply_isolating(b.records))
+        else:
+            positions, rejects = self.applier.apply_isolating(b.records)
         # 2. Dead letters, before the offsets that would skip them are committed.
         dead = list(b.dead)
         for rec, exc in rejects:

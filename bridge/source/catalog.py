@@ -7,6 +7,8 @@ and kept until a change shows a different column list, when the decoder asks for
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -126,9 +128,18 @@ class Catalog:
     savepoint). Not thread-safe: one per decoding pipeline.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any],
+                 reconnect: Callable[[], psycopg.Connection[Any]] | None = None,
+                 reconnect_for_s: float = 120.0) -> None:
+        """`reconnect`, when given, opens a new connection after the old one broke (a PostgreSQL
+        restart): reads then wait, retrying with backoff, for up to `reconnect_for_s`."""
         self._conn = conn
+        self._reconnect = reconnect
+        self._reconnect_for_s = reconnect_for_s
         self._cache: dict[tuple[str, str], Relation] = {}
+
+    def close(self) -> None:
+        self._conn.close()
 
     def relation(self, schema: str, table: str) -> Relation:
         """The cached relation for `schema.table`, read from the catalog on first use.
@@ -202,12 +213,27 @@ class Catalog:
         return Relation(schema, table, columns, pk, replident, int(oid), version)
 
     def _fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        try:
-            with self._conn.transaction(), self._conn.cursor(row_factory=tuple_row) as cur:
-                cur.execute(sql, params)
-                return cur.fetchall()
-        except psycopg.Error as exc:
-            raise SourceError(f"catalog query failed: {exc}") from exc
+        deadline = time.monotonic() + self._reconnect_for_s
+        delay = 0.2
+        while True:
+            try:
+                if self._conn.closed:
+                    raise psycopg.OperationalError("the catalog connection is closed")
+                with self._conn.transaction(), self._conn.cursor(row_factory=tuple_row) as cur:
+                    cur.execute(sql, params)
+                    return cur.fetchall()
+            except psycopg.OperationalError as exc:
+                if self._reconnect is None or time.monotonic() > deadline:
+                    raise SourceError(f"catalog query failed: {exc}") from exc
+                log.warning("catalog connection lost (%s); reconnecting", str(exc).strip())
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                try:
+                    self._conn = self._reconnect()
+                except (psycopg.Error, SourceError) as again:
+                    log.warning("catalog reconnect failed: %s", again)
+            except psycopg.Error as exc:
+                raise SourceError(f"catalog query failed: {exc}") from exc
 
 
 def _with_version(rel: Relation, version: int) -> Relation:
