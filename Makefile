@@ -35,10 +35,25 @@ typecheck: $(STAMP)
 
 # The whole suite: lint, types, unit, integration (both brokers), the short chaos run.
 test: $(STAMP) $(KAFKA_CP) helm lint typecheck
+	bash tools/ensure-system-deps.sh postgres kafka
 	BRIDGE_KAFKA_CLASSPATH_FILE=$(abspath $(KAFKA_CP)) $(BIN)/pytest -q tests
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
+
+# Everything local: a throwaway PostgreSQL, a Tansu broker, producer and sink, a live workload.
+DEMO_SECONDS ?= 30
+demo: $(STAMP)
+	bash tools/ensure-system-deps.sh postgres
+	$(BIN)/python -m bridge demo --seconds $(DEMO_SECONDS)
+
+# The full chaos suite (300,000+ changes, >= 10 kills of each process, broker and PostgreSQL restarts).
+chaos: $(STAMP) $(KAFKA_CP)
+	BRIDGE_CHAOS_FULL=1 BRIDGE_KAFKA_CLASSPATH_FILE=$(abspath $(KAFKA_CP)) $(BIN)/pytest -q -s tests/chaos
+
+# Benchmarks against limits measured in the same run; writes bench/results/<date>.json and .md.
+bench: $(STAMP) $(KAFKA_CP)
+	BRIDGE_KAFKA_CLASSPATH_FILE=$(abspath $(KAFKA_CP)) $(BIN)/python bench/run.py
 
 clean:
 	rm -rf .cache $(VENV) .pytest_cache .mypy_cache .ruff_cache

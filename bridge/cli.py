@@ -50,12 +50,18 @@ def _stop_event() -> threading.Event:
     return stop
 
 
+def _kafka_extra(cfg: Config) -> dict[str, Any]:
+    """`kafka.config` for every client, with librdkafka's own log lines routed into Python logging
+    (so they come out as JSON lines with the rest, at their level)."""
+    return {**cfg.kafka.config, "logger": logging.getLogger("bridge.kafka")}
+
+
 def _schema_store(cfg: Config) -> Any:
     from bridge.codec import RegistrySchemaStore, TopicSchemaStore
 
     if cfg.kafka.schema_registry_url:
         return RegistrySchemaStore(cfg.kafka.schema_registry_url)
-    return TopicSchemaStore(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, dict(cfg.kafka.config))
+    return TopicSchemaStore(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, _kafka_extra(cfg))
 
 
 def _health(cfg: Config) -> Any:
@@ -112,7 +118,7 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
             c = codecs[key] = TableCodec(rel, store, db=db, topic_prefix=cfg.kafka.topic_prefix)
         return c
 
-    extra = dict(cfg.kafka.config)
+    extra = _kafka_extra(cfg)
     producer = Producer(kafka_producer_config(cfg.kafka.bootstrap_servers, extra))
     topics = TopicManager(cfg.kafka.bootstrap_servers, partitions=cfg.kafka.partitions,
                           replication_factor=cfg.kafka.replication_factor, extra=extra)
@@ -143,9 +149,12 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
                                   confirm_idle=src.capture == "stream"),
         heartbeat=heartbeat, assembler=TransactionAssembler(src.spill_bytes), slot=src.slot)
     cp.snapshot = _snapshot_plan(cfg, dsn, start, exported, producer, include=cp.include)
+    from bridge.produce.resnapshot import Resnapshotter
+
+    cp.resnapshot = resnapshot = Resnapshotter(lambda: sql_connect(dsn, src.slot), catalog.relation, cp.include)
 
     def close() -> None:
-        closers = (tails.close, catalog.close, acks.close if acks else None,
+        closers = (tails.close, catalog.close, resnapshot.close, acks.close if acks else None,
                    exported[0].close if exported else None)
         for closer in closers:
             if closer is not None:
@@ -167,7 +176,7 @@ def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, 
     from bridge.source.slot import sql_connect
     from bridge.source.snapshot import SnapshotState, TableProgress, list_tables
 
-    extra = dict(cfg.kafka.config)
+    extra = _kafka_extra(cfg)
     TopicManager(cfg.kafka.bootstrap_servers, partitions=1, replication_factor=cfg.kafka.replication_factor,
                  extra=extra).ensure(snapshot_topic(cfg.kafka.topic_prefix), partitions=1, compact=True)
     store = SnapshotStateStore(producer, cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, extra)
@@ -205,14 +214,14 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
     from bridge.sink.truncate import TruncateBarrier
 
     cfg.require("sink", "kafka")
-    extra = dict(cfg.kafka.config)
+    extra = _kafka_extra(cfg)
     topics = TopicManager(cfg.kafka.bootstrap_servers, partitions=1,
                           replication_factor=cfg.kafka.replication_factor, extra=extra)
     topics.ensure(acks_topic(cfg.kafka.topic_prefix), partitions=1, compact=True)
     topics.ensure(cfg.sink.dead_letter_topic, partitions=1)
     consumer = Consumer(kafka_consumer_config(cfg.kafka.bootstrap_servers, cfg.sink.group_id, extra))
     side = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "enable.idempotence": True,
-                     "acks": "all", "linger.ms": 5, "log_level": 4, **extra})
+                     "acks": "all", "linger.ms": 5, **extra})
     decoder = EnvelopeDecoder(_schema_store(cfg))
     applier = Applier(cfg.sink.conninfo(), position_schema=cfg.sink.position_schema)
     loop = SinkLoop(
@@ -392,6 +401,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Ask the running producer to read one table again (while it streams): a logical message."""
+    from bridge.produce.resnapshot import ResnapshotRequest, emit_request, parse_table_name
+    from bridge.source.slot import sql_connect
+
+    cfg = _config(args)
+    cfg.require("source")
+    try:
+        schema, table = parse_table_name(args.table)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if args.chunk_rows is not None and args.chunk_rows < 1:
+        raise ConfigError("--chunk-rows must be at least 1")
+    request = ResnapshotRequest(schema, table, args.chunk_rows)
+    with sql_connect(cfg.source.conninfo(), cfg.source.slot) as conn:
+        lsn = emit_request(conn, request)
+    print(json.dumps({"requested": request.qualified, "lsn": str(lsn), "chunk_rows": args.chunk_rows}))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bridge.demo import run_demo
 
@@ -426,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print one JSON object")
     slot = command("slot", "Create, drop or inspect the logical replication slot.", cmd_slot)
     slot.add_argument("action", choices=["create", "drop", "status"])
+    snap = command("snapshot", "Ask the running producer to resnapshot one table while streaming.", cmd_snapshot)
+    snap.add_argument("--table", "-t", required=True, help="schema.table (quote parts with \"...\" as in SQL)")
+    snap.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk (default 10000)")
     command("check", "Preflight: exit 0 only when everything needed is in place.", cmd_check)
     demo = command("demo", "A throwaway source, broker and target, with a live workload.", cmd_demo, config=False)
     demo.add_argument("--seconds", type=float, default=30.0, help="how long the workload runs")

@@ -133,6 +133,7 @@ def run_demo(seconds: float = 30.0, metrics_port: int = 9187, broker_kind: str =
     from bridge.local.postgres import LocalPostgres
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bridge.kafka").setLevel(logging.CRITICAL)  # clients outliving the broker at exit
     print(f"starting PostgreSQL and {broker_kind} …", file=out, flush=True)
     pg = LocalPostgres().start()
     broker = BROKERS[broker_kind]().start()

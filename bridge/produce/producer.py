@@ -29,6 +29,7 @@ from bridge.ack.watermark import InFlight, Ledger
 from bridge.errors import BridgeError, DecodeError, ProduceError
 from bridge.events import ChangeEvent, Op, Position
 from bridge.lsn import Lsn
+from bridge.produce.resnapshot import Resnapshotter
 from bridge.produce.topics import (
     HEADER_LSN,
     HEADER_SEQ,
@@ -129,6 +130,7 @@ class ChangeProducer:
         self.open_source = open_source
         self.source: ChangeSource | None = None
         self.snapshot: SnapshotPlan | None = None
+        self.resnapshot: Resnapshotter | None = None  # set by cli.py: `pgbridge snapshot` requests
         self.decoder = decoder
         self.relation_of = relation_of
         self.codec_for = codec_for
@@ -340,6 +342,7 @@ class ChangeProducer:
         xid_header = str(xid).encode()
         lsn_header = str(txn.commit_lsn).encode()
         seq = 0
+        hold = False  # a resnapshot request keeps its entry open until the table is read
         try:
             for line in txn.lines():
                 metrics.DECODED_BYTES.inc(len(line))
@@ -358,20 +361,46 @@ class ChangeProducer:
                             self._truncate(entry, schema, table, Position(txn.commit_lsn, s), xid,
                                            commit_ts_us, lsn_header, xid_header)
                 elif isinstance(parsed, MessageLine):
-                    continue
+                    if self.resnapshot is not None and self.resnapshot.on_message(parsed, entry):
+                        hold = True
                 else:
                     raise DecodeError("unexpected line inside a transaction", line=line[:200], offset=0)
+            if self.resnapshot is not None:
+                reads = self.resnapshot.take_reads()
+                if reads is not None:
+                    self._reads(entry, reads[0], reads[1], Position(txn.commit_lsn, seq), xid, commit_ts_us,
+                                lsn_header, xid_header)
+                for held in self.resnapshot.release():
+                    self.ledger.close(held)
         except BridgeError as exc:
             exc.context.setdefault("xid", xid)
             exc.context.setdefault("commit_lsn", str(txn.commit_lsn))
             raise
         finally:
             txn.discard()
-        self.ledger.close(entry)
+        if not hold:
+            self.ledger.close(entry)
+
+    def _reads(self, entry: InFlight, relation: Relation, rows: list[Any], first: Position, xid: int,
+               commit_ts_us: int | None, lsn_header: bytes, xid_header: bytes) -> None:
+        """A resnapshot chunk's rows as op `r` events at `first`, `first.seq + 1`, … (in `entry`)."""
+        codec = self.codec_for(relation)
+        topic = self._topic(relation.schema, relation.table)
+        n = self._partitions[topic]
+        for i, row in enumerate(rows):
+            pos = Position(first.commit_lsn, first.seq + i)
+            key = codec.key(row)
+            value = codec.value(ChangeEvent(relation, Op.READ, pos, xid, commit_ts_us, None, row, snapshot=True))
+            headers: list[tuple[str, str | bytes | None]] = [
+                (HEADER_LSN, lsn_header), (HEADER_SEQ, str(pos.seq).encode()), (HEADER_XID, xid_header)]
+            self._send(entry, topic, partition_for(key, n), key, value, headers, pos)
+        metrics.SNAPSHOT_ROWS.labels(relation.qualified).inc(len(rows))
 
     def _change(self, entry: InFlight, change: ChangeLine, pos: Position, xid: int, commit_ts_us: int | None,
                 lsn_header: bytes, xid_header: bytes) -> None:
         relation, op, before, after, unchanged = self.decoder.decode(change)
+        if self.resnapshot is not None:
+            self.resnapshot.observe(relation, before, after)
         codec = self.codec_for(relation)
         topic = self._topic(relation.schema, relation.table)
         n = self._partitions[topic]
@@ -400,6 +429,8 @@ class ChangeProducer:
     def _truncate(self, entry: InFlight, schema: str, table: str, pos: Position, xid: int,
                   commit_ts_us: int | None, lsn_header: bytes, xid_header: bytes) -> None:
         relation = self.relation_of(schema, table)
+        if self.resnapshot is not None:
+            self.resnapshot.observe_truncate(schema, table)
         codec = self.codec_for(relation)
         value = codec.value(ChangeEvent(relation, Op.TRUNCATE, pos, xid, commit_ts_us, None, None))
         topic = self._topic(schema, table)
@@ -463,7 +494,6 @@ def kafka_producer_config(bootstrap: str, extra: dict[str, Any] | None = None) -
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1 << 20,  # 1 GiB
         "message.timeout.ms": 0,  # never give a record up: a broker outage is waited out
-        "log_level": 4,
         **(extra or {}),
     }
 

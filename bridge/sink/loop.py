@@ -118,12 +118,12 @@ def kafka_consumer_config(bootstrap: str, group_id: str, extra: dict[str, Any] |
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "fetch.queue.backoff.ms": 10,  # the default (1 s) caps a consumer near 185k rows/s
-        "topic.metadata.refresh.interval.ms": 5000,  # new tables' topics join the subscription soon
-        "session.timeout.ms": 10_000,
+        "fetch.wait.max.ms": 100,  # a fetch returns within 100 ms when little is flowing (latency)
+        "topic.metadata.refresh.interval.ms": 1000,  # new tables' topics join the subscription soon
+        "session.timeout.ms": 6000,  # also: Tansu answers a first join after about half of it
         "heartbeat.interval.ms": 1000,
         "max.poll.interval.ms": 300_000,
         "partition.assignment.strategy": "range",
-        "log_level": 4,
         **(extra or {}),
     }
 
@@ -195,7 +195,8 @@ class SinkLoop:
         """Consume what is there (waiting at most until the batch is due), commit when due."""
         b = self._batch
         if b.empty():
-            timeout = 0.5
+            # consume() waits its whole timeout unless `want` records come: keep it to a batch's time
+            timeout = self.s.batch_max_ms / 1000
         else:
             timeout = max(0.0, b.started + self.s.batch_max_ms / 1000 - time.monotonic())
         want = max(1, min(self.s.batch_max_rows - len(b), 10_000))
