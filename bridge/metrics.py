@@ -33,7 +33,7 @@ DECODED_BYTES = Counter("bridge_decoded_bytes_total", "test_decoding text bytes 
 RECORDS_PRODUCED = Counter("bridge_records_produced_total", "Records delivered to the broker", ["topic"])
 PRODUCE_ERRORS = Counter("bridge_produce_errors_total", "Records the broker refused or lost")
 SLOT_RETAINED_WAL = Gauge("bridge_slot_retained_wal_bytes",
-                          "pg_current_wal_lsn() - confirmed_flush_lsn of the slot", ["slot"])
+                          "WAL the slot keeps on the server: pg_current_wal_lsn() - restart_lsn", ["slot"])
 SLOT_CONFIRMED_LSN = Gauge("bridge_slot_confirmed_lsn", "confirmed_flush_lsn of the slot, as a number", ["slot"])
 SLOT_WAL_STATUS = Gauge("bridge_slot_wal_status", "1 for the slot's current wal_status", ["slot", "status"])
 WATERMARK_LSN = Gauge("bridge_watermark_lsn", "Highest commit LSN the producer may confirm")
