@@ -197,7 +197,12 @@ def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, 
         return None
     log.info("resuming the snapshot: %d of %d tables left", sum(not t.done for t in loaded.tables.values()),
              len(loaded.tables))
-    return SnapshotPlan(loaded, conn, None, store.save, lambda: None)
+    from bridge.produce.snapshot_state import delivered_after
+
+    def delivered(topic: str, partitions: int, cp: int, from_seq: int, scan: int) -> tuple[set[bytes], int]:
+        return delivered_after(cfg.kafka.bootstrap_servers, extra, topic, partitions, cp, from_seq, scan)
+
+    return SnapshotPlan(loaded, conn, None, store.save, lambda: None, delivered=delivered)
 
 
 def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
@@ -246,54 +251,71 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
 # -- commands ---------------------------------------------------------------------------------
 
 
-def cmd_produce(args: argparse.Namespace) -> int:
+def _readiness(cfg: Config, component: str) -> dict[str, Any]:
+    """Readiness probes (each in its own thread, cached): PostgreSQL and the broker reachable,
+    and for the producer the slot held by this process's capture."""
+    import psycopg
+    from confluent_kafka.admin import AdminClient
+
+    from bridge.health import PeriodicCheck
+
+    admin = AdminClient({**cfg.kafka.client_config(), "log_level": 0})
+
+    def broker() -> bool:
+        return bool(admin.list_topics(timeout=5).brokers)
+
+    dsn = cfg.source.conninfo() if component == "producer" else cfg.sink.conninfo()
+
+    def postgres() -> bool:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            if component != "producer":
+                return conn.execute("SELECT true").fetchone() == (True,)
+            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                               (cfg.source.slot,)).fetchone()
+            return row is not None and bool(row[0])
+
+    name = "source_slot_held" if component == "producer" else "target_reachable"
+    return {"broker_reachable": PeriodicCheck(broker, 5.0, "broker"), name: PeriodicCheck(postgres, 5.0, name)}
+
+
+def _serve(args: argparse.Namespace, component: str, build: Callable[[Config], tuple[Any, Callable[[], None]]]
+           ) -> int:
+    """Run one loop (producer or sink) until SIGTERM, with /healthz and /readyz wired to it."""
+    from bridge.health import Heartbeat
+
     cfg = _config(args)
     stop = _stop_event()
     health = _health(cfg)
-    producer, close = build_producer(cfg)
-    from bridge.health import Heartbeat
-
+    service, close = build(cfg)
     beat = Heartbeat()
-    health.register_liveness("producer_loop", beat.check(60.0))
-    health.register_readiness("producer_loop", beat.check(30.0))
+    health.register_liveness(f"{component}_loop", beat.check(60.0))
+    health.register_readiness(f"{component}_loop", beat.check(30.0))
+    probes = _readiness(cfg, component)
+    for name, probe in probes.items():
+        health.register_readiness(name, probe)
+    step = service.step
+
+    def ticking() -> None:
+        beat.beat()
+        step()
+
+    service.step = ticking
     try:
-        step = producer.step
-
-        def ticking() -> None:
-            beat.beat()
-            step()
-
-        producer.step = ticking
-        producer.run(stop)
+        service.run(stop)
     finally:
+        for probe in probes.values():
+            probe.stop()
         close()
         health.stop()
     return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    return _serve(args, "producer", build_producer)
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    stop = _stop_event()
-    health = _health(cfg)
-    loop, close = build_sink(cfg)
-    from bridge.health import Heartbeat
-
-    beat = Heartbeat()
-    health.register_liveness("sink_loop", beat.check(60.0))
-    health.register_readiness("sink_loop", beat.check(30.0))
-    try:
-        step = loop.step
-
-        def ticking() -> None:
-            beat.beat()
-            step()
-
-        loop.step = ticking
-        loop.run(stop)
-    finally:
-        close()
-        health.stop()
-    return 0
+    return _serve(args, "sink", build_sink)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

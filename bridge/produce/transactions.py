@@ -115,6 +115,10 @@ class TransactionAssembler:
     def reset(self) -> None:
         if self._spill is not None:
             self._spill.close()
+        self._clear()
+
+    def _clear(self) -> None:
+        """No transaction open (the buffers now belong to a handed-out Transaction, or are dropped)."""
         self._open = False
         self._xid = None
         self._memory = []
@@ -168,12 +172,7 @@ class TransactionAssembler:
         if xid is None:
             xid = self._xid
         txn = Transaction(xid, lsn, commit_ts, self._count, self._memory, self._spill)
-        self._open = False
-        self._xid = None
-        self._memory = []
-        self._bytes = 0
-        self._count = 0
-        self._spill = None
+        self._clear()
         return txn
 
 
