@@ -150,6 +150,7 @@ class SinkLoop:
         self.stop = stop or threading.Event()
         self._waiting: dict[tuple[str, int], _Waiting] = {}
         self._partitions: dict[str, int] = {}
+        self._lag_at = 0.0
 
     def subscribe(self) -> None:
         self.consumer.subscribe([data_topic_pattern(self.s.topic_prefix)], on_revoke=self._on_revoke,
@@ -204,6 +205,10 @@ class SinkLoop:
             self._take(msg)
         if self._waiting:
             self._check_waiting()
+        now = time.monotonic()
+        if now >= self._lag_at:
+            self._lag_at = now + 5.0
+            self._report_lag()
         b = self._batch
         if not b.empty() and (len(b) >= self.s.batch_max_rows or b.raw_bytes >= self.s.batch_max_bytes
                               or time.monotonic() >= b.started + self.s.batch_max_ms / 1000):
@@ -244,6 +249,20 @@ class SinkLoop:
         b.raw_bytes += len(value)
         b.messages[(topic, partition, offset)] = msg
         b.records.append(self.make_record(topic, partition, offset, change))
+
+    def _report_lag(self) -> None:
+        """`bridge_sink_consumer_lag`: records between the consumer's position and the high
+        watermark, per assigned partition (from librdkafka's cached watermarks: no request)."""
+        try:
+            assigned = self.consumer.assignment()
+            if not assigned:
+                return
+            for tp in self.consumer.position(assigned):
+                _lo, hi = self.consumer.get_watermark_offsets(tp, cached=True)
+                if hi is not None and hi >= 0 and tp.offset is not None and tp.offset >= 0:
+                    metrics.SINK_CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, hi - tp.offset))
+        except KafkaException as exc:
+            log.debug("consumer lag unavailable: %s", exc)
 
     def _partition_count(self, topic: str) -> int:
         n = self._partitions.get(topic)
