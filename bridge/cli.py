@@ -278,6 +278,17 @@ def _readiness(cfg: Config, component: str) -> dict[str, Any]:
     return {"broker_reachable": PeriodicCheck(broker, 5.0, "broker"), name: PeriodicCheck(postgres, 5.0, name)}
 
 
+def _slot_watcher(cfg: Config) -> Any:
+    """The producer's slot watcher: slot metrics (confirmed LSN, retained WAL, wal_status) and
+    retained-WAL warnings, polled from the producer loop every few seconds."""
+    from bridge.produce.slotwatch import SlotWatcher
+    from bridge.source.slot import SlotManager
+
+    return SlotWatcher(SlotManager(cfg.source.conninfo(), cfg.source.slot),
+                       interval_s=min(cfg.source.status_interval_s, 5.0),
+                       warn_bytes=cfg.monitor.retained_wal_warn_bytes)
+
+
 def _serve(args: argparse.Namespace, component: str, build: Callable[[Config], tuple[Any, Callable[[], None]]]
            ) -> int:
     """Run one loop (producer or sink) until SIGTERM, with /healthz and /readyz wired to it."""
@@ -286,7 +297,7 @@ def _serve(args: argparse.Namespace, component: str, build: Callable[[Config], t
     cfg = _config(args)
     stop = _stop_event()
     health = _health(cfg)
-    service, close = build(cfg)
+    service, close = _build_waiting(cfg, build, stop)
     beat = Heartbeat()
     health.register_liveness(f"{component}_loop", beat.check(60.0))
     health.register_readiness(f"{component}_loop", beat.check(30.0))
@@ -294,9 +305,12 @@ def _serve(args: argparse.Namespace, component: str, build: Callable[[Config], t
     for name, probe in probes.items():
         health.register_readiness(name, probe)
     step = service.step
+    watch = _slot_watcher(cfg) if component == "producer" else None
 
     def ticking() -> None:
         beat.beat()
+        if watch is not None:
+            watch.tick()
         step()
 
     service.step = ticking
@@ -308,6 +322,29 @@ def _serve(args: argparse.Namespace, component: str, build: Callable[[Config], t
         close()
         health.stop()
     return 0
+
+
+def _build_waiting(cfg: Config, build: Callable[[Config], tuple[Any, Callable[[], None]]], stop: threading.Event,
+                   wait_s: float = 120.0) -> tuple[Any, Callable[[], None]]:
+    """`build(cfg)`, waiting up to `wait_s` while PostgreSQL cannot be reached (a restart in
+    progress). Every other error — wrong settings, missing privileges — is raised at once."""
+    import psycopg
+
+    deadline = time.monotonic() + wait_s
+    delay = 0.5
+    while True:
+        try:
+            return build(cfg)
+        except BridgeError as exc:
+            cause = exc.__cause__
+            state = getattr(cause, "sqlstate", None)
+            transient = isinstance(cause, psycopg.OperationalError) and (
+                state is None or state.startswith(("57P", "08")))  # refused, starting up, shutting down
+            if not transient or time.monotonic() > deadline or stop.is_set():
+                raise
+            log.warning("PostgreSQL unreachable at start (%s); retrying in %.1fs", exc, delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def cmd_produce(args: argparse.Namespace) -> int:

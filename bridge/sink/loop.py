@@ -69,6 +69,13 @@ def _retryable(exc: BaseException) -> bool:
     return False
 
 
+_KAFKA_TRANSIENT = frozenset({
+    KafkaError._WAIT_COORD, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+    KafkaError._MSG_TIMED_OUT, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.REQUEST_TIMED_OUT, KafkaError.NETWORK_EXCEPTION,
+})
+
+
 @dataclass(slots=True)
 class _Waiting:
     """A partition that arrived at a TRUNCATE and waits for the others (see truncate.py)."""
@@ -311,6 +318,22 @@ class SinkLoop:
                 self.consumer.seek(tp)
                 log.info("TRUNCATE barrier passed", extra={"topic": topic, "partition": partition})
 
+    def _kafka_retry(self, fn: Callable[[], Any]) -> Any:
+        """Run a broker call; while the broker is away (restart, coordinator moving), wait and try
+        again. Errors that will not pass (e.g. the group rebalanced) are raised."""
+        delay = 0.5
+        while True:
+            try:
+                return fn()
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                retriable = isinstance(err, KafkaError) and (err.retriable() or err.code() in _KAFKA_TRANSIENT)
+                if not retriable or self.stop.is_set():
+                    raise
+                log.warning("broker unavailable (%s); retrying in %.1fs", err, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
     def _with_retry(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` against the target; while the target is unreachable, wait and try again."""
         delay = 0.5
@@ -350,13 +373,13 @@ class SinkLoop:
             pos = positions.get((topic, partition))
             offsets.append(TopicPartition(topic, partition, nxt, metadata=str(pos) if pos else ""))
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self._kafka_retry(lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
         except KafkaException as exc:
             raise SinkError(f"offset commit failed after the target commit: {exc}") from exc
         # 4. Acks for the producer's watermark.
         if positions:
-            self.acks.publish([Ack(t, p, pos, self.s.group_id, b.offsets.get((t, p), -1))
-                               for (t, p), pos in positions.items()])
+            acks = [Ack(t, p, pos, self.s.group_id, b.offsets.get((t, p), -1)) for (t, p), pos in positions.items()]
+            self._kafka_retry(lambda: self.acks.publish(acks))
             self.last_positions.update(positions)
         n = len(b.records)
         self.applied_rows += n
