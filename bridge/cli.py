@@ -324,6 +324,10 @@ def _serve(args: argparse.Namespace, component: str, build: Callable[[Config], t
     return 0
 
 
+_TRANSIENT_CONNECT = ("Connection refused", "the database system is", "timeout expired",
+                      "server closed the connection", "could not receive data")
+
+
 def _build_waiting(cfg: Config, build: Callable[[Config], tuple[Any, Callable[[], None]]], stop: threading.Event,
                    wait_s: float = 120.0) -> tuple[Any, Callable[[], None]]:
     """`build(cfg)`, waiting up to `wait_s` while PostgreSQL cannot be reached (a restart in
@@ -337,9 +341,10 @@ def _build_waiting(cfg: Config, build: Callable[[Config], tuple[Any, Callable[[]
             return build(cfg)
         except BridgeError as exc:
             cause = exc.__cause__
-            state = getattr(cause, "sqlstate", None)
-            transient = isinstance(cause, psycopg.OperationalError) and (
-                state is None or state.startswith(("57P", "08")))  # refused, starting up, shutting down
+            text = str(cause or "")
+            # libpq reports connect failures without a SQLSTATE: tell a restart from a mistake by text
+            transient = isinstance(cause, psycopg.OperationalError) and any(
+                m in text for m in _TRANSIENT_CONNECT)
             if not transient or time.monotonic() > deadline or stop.is_set():
                 raise
             log.warning("PostgreSQL unreachable at start (%s); retrying in %.1fs", exc, delay)
