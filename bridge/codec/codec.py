@@ -130,6 +130,7 @@ class EnvelopeDecoder:
     def __init__(self, store: SchemaStore) -> None:
         self._store = store
         self._entries: dict[int, _Entry] = {}
+        self._lsn = Lsn(0)  # the last commit LSN decoded: a transaction's records share it
 
     def _entry(self, schema: Schema, envelope: bool) -> _Entry:
         e = self._entries.get(id(schema))
@@ -148,7 +149,10 @@ class EnvelopeDecoder:
         try:
             before, after, op, src, ts_ms, unchanged = e.read(value, off)
             _db, _schema, _table, lsn, seq, xid, commit_ts, snapshot = src
-            return DecodedChange(e.relation, _OPS[op], Position(Lsn(lsn), seq), xid, commit_ts, before, after,
+            commit_lsn = self._lsn
+            if commit_lsn.value != lsn:
+                commit_lsn = self._lsn = Lsn(lsn)
+            return DecodedChange(e.relation, _OPS[op], Position(commit_lsn, seq), xid, commit_ts, before, after,
                                  tuple(unchanged), snapshot, ts_ms)
         except (KeyError, TypeError, ValueError) as exc:
             raise CodecError(f"record is not an envelope: {exc!r}", schema=schema.get("name")) from exc

@@ -58,3 +58,56 @@ class SnapshotStateStore:
                                on_delivery=lambda err, _m: errors.append(err) if err else None)
         if self._producer.flush(timeout) > 0 or errors:
             raise ProduceError(f"snapshot state not saved: {errors[0] if errors else 'timeout'}", topic=self.topic)
+
+
+def delivered_after(bootstrap: str, extra: dict[str, Any] | None, topic: str, partitions: int, consistent_point: int,
+                    from_seq: int, scan: int, timeout: float = 60.0) -> tuple[set[bytes], int]:
+    """Keys of snapshot records at `(consistent_point, seq >= from_seq)` already in `topic`, and the
+    highest such seq (`from_seq - 1` when none).
+
+    Called when an interrupted snapshot resumes: the dead run may have delivered part of the chunk
+    after its last saved state. The chunk is read again in a fresh transaction, where concurrent
+    inserts and deletes may shift every row's seq, so positions alone cannot tell what is there:
+    a row re-read at a seq at or below its partition's tail would be skipped as present and lost,
+    one delivered before would be produced twice. The resumed chunk therefore skips these keys
+    and numbers the rest after the highest seq found. At most one chunk was produced after the
+    save, so the last `scan` (= chunk rows) records of each partition hold all of them.
+    Raises ProduceError when the partitions cannot be read.
+    """
+    from bridge.produce.topics import position_from_headers
+
+    conf = {"bootstrap.servers": bootstrap, "group.id": "bridge.snapshot-resume", "enable.auto.commit": False,
+            "enable.partition.eof": True, **(extra or {})}
+    consumer = Consumer(conf)
+    keys: set[bytes] = set()
+    top = from_seq - 1
+    try:
+        assign: list[TopicPartition] = []
+        for p in range(partitions):
+            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            if hi > lo:
+                assign.append(TopicPartition(topic, p, max(lo, hi - scan)))
+        if not assign:
+            return keys, top
+        consumer.assign(assign)
+        pending = {tp.partition for tp in assign}
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise ProduceError("timed out reading the interrupted snapshot chunk", topic=topic)
+            for msg in consumer.consume(1000, 1.0):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition() or 0)
+                        continue
+                    raise ProduceError(f"reading the interrupted snapshot chunk: {err}", topic=topic)
+                pos = position_from_headers(msg.headers())
+                key = msg.key()
+                if pos is not None and pos.commit_lsn.value == consistent_point and pos.seq >= from_seq:
+                    top = max(top, pos.seq)
+                    if key is not None:
+                        keys.add(key)
+    finally:
+        consumer.close()
+    return keys, top

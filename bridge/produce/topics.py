@@ -27,11 +27,25 @@ HEADER_SEQ = "bridge.seq"
 HEADER_XID = "bridge.xid"
 
 
+def key_body(key: bytes) -> bytes:
+    """The Avro body of a framed key: single-object (`C3 01` + 8-byte fingerprint) or Confluent
+    (`00` + 4-byte schema id) framing removed."""
+    if key[:2] == b"\xc3\x01":
+        return key[10:]
+    if key[:1] == b"\x00":
+        return key[5:]
+    return key
+
+
 def partition_for(key: bytes | None, partitions: int) -> int:
-    """librdkafka's `consistent` partitioner: CRC-32 of the key; a null key goes to partition 0."""
+    """CRC-32 of the key's Avro body modulo the partition count (librdkafka's `consistent`
+    partitioner over the body); a null key goes to partition 0.
+
+    The framing is left out on purpose: it names the key schema's version, which changes with
+    the table's DDL, and a key must stay in its partition across versions to stay ordered."""
     if key is None or partitions == 1:
         return 0
-    return zlib.crc32(key) % partitions
+    return zlib.crc32(key_body(key)) % partitions
 
 
 def position_from_headers(headers: Any) -> Position | None:
@@ -103,21 +117,26 @@ class TailReader:
     def tails(self, topic: str, partitions: int, timeout: float = 30.0) -> dict[int, Position]:
         result: dict[int, Position] = {}
         assign: list[TopicPartition] = []
+        deadline = time.monotonic() + timeout
         for p in range(partitions):
-            lo, hi = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            lo, hi = self._watermarks(topic, p, deadline)
             if hi > lo:
                 assign.append(TopicPartition(topic, p, hi - 1))
         if not assign:
             return result
         self._consumer.assign(assign)
         pending = {tp.partition for tp in assign}
-        deadline = time.monotonic() + timeout
+        last_offset: dict[int, int] = {}
         try:
+            # Read on to the end of each partition rather than trusting `hi - 1` to be the last
+            # record: Tansu reports the high watermark as the last *batch's* base offset + 1, so
+            # the record at `hi - 1` may be the first of a batch of thousands (and a restarted
+            # producer would then repeat the rest of that batch).
             while pending:
                 if time.monotonic() > deadline:
                     raise ProduceError("could not read the last record of partitions", topic=topic,
                                        partitions=sorted(pending))
-                for msg in self._consumer.consume(len(pending), 1.0):
+                for msg in self._consumer.consume(10_000, 1.0):
                     err = msg.error()
                     p = msg.partition() or 0
                     if err is not None:
@@ -125,16 +144,42 @@ class TailReader:
                             pending.discard(p)
                             continue
                         raise ProduceError(f"reading tail: {err}", topic=topic, partition=p)
+                    offset = msg.offset() or 0
+                    if offset < last_offset.get(p, -1):
+                        continue
+                    last_offset[p] = offset
                     pos = position_from_headers(msg.headers())
                     if pos is None:
                         log.warning("last record of %s/%d carries no bridge position headers", topic, p,
-                                    extra={"topic": topic, "partition": p, "offset": msg.offset()})
+                                    extra={"topic": topic, "partition": p, "offset": offset})
+                        result.pop(p, None)
                     else:
                         result[p] = pos
-                    pending.discard(p)
         finally:
             self._consumer.unassign()
         return result
 
+    def _watermarks(self, topic: str, partition: int, deadline: float) -> tuple[int, int]:
+        """(low, high) of a partition, retried while its leader is not ready (a topic just
+        created: Apache Kafka answers NOT_LEADER_FOR_PARTITION for a moment)."""
+        while True:
+            try:
+                lo, hi = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=max(1.0, deadline - time.monotonic()))
+                return int(lo), int(hi)
+            except KafkaException as exc:
+                err = exc.args[0]
+                retry = err.retriable() or err.code() in _LEADER_NOT_READY
+                if not retry or time.monotonic() > deadline:
+                    raise ProduceError(f"cannot read the partition's offsets: {err}", topic=topic,
+                                       partition=partition) from exc
+                log.info("partition %s/%d not ready (%s): retrying", topic, partition, err.str(),
+                         extra={"topic": topic, "partition": partition})
+                time.sleep(0.2)
+
     def close(self) -> None:
         self._consumer.close()
+
+
+_LEADER_NOT_READY = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                               KafkaError.UNKNOWN_TOPIC_OR_PART})

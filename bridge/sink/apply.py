@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from bridge import metrics
 from bridge.errors import SinkError
 from bridge.events import Op, Position
 from bridge.relation import Relation
@@ -141,7 +142,7 @@ class Applier:
         conn = self.conn
         try:
             with conn.transaction():
-                new = self._apply_in_tx(conn, records)
+                new, counts = self._apply_in_tx(conn, records)
         except psycopg.Error as exc:
             self._after_failure(conn)
             state = exc.sqlstate or ""
@@ -152,6 +153,8 @@ class Applier:
             self._after_failure(conn)
             raise
         self._positions.update(new)
+        for (table, op), n in counts.items():
+            metrics.SINK_ROWS_APPLIED.labels(table, op).inc(n)
         tps = {(r.topic, r.partition) for r in records}
         return {tp: self._positions[tp] for tp in tps if tp in self._positions}
 
@@ -165,7 +168,10 @@ class Applier:
             if self._dsn is not None:
                 self._conn = None
 
-    def _apply_in_tx(self, conn: psycopg.Connection[Any], records: Sequence[SinkRecord]) -> dict[TopicPartition, Position]:
+    def _apply_in_tx(self, conn: psycopg.Connection[Any], records: Sequence[SinkRecord]
+                     ) -> tuple[dict[TopicPartition, Position], dict[tuple[str, str], int]]:
+        """Steps 1-4 of the module docstring. Returns the new positions and the number of
+        records applied (replays excluded) per (table, op), for `bridge_sink_rows_applied_total`."""
         # 1. positions of partitions not seen before
         missing = {(r.topic, r.partition) for r in records} - self._loaded
         if missing:
@@ -237,7 +243,13 @@ class Applier:
         # 4. positions
         if newpos:
             self._table.upsert(conn, newpos)
-        return newpos
+        counts: dict[tuple[str, str], int] = {}
+        for rid, recs_ in groups.items():
+            table = rels[rid].qualified
+            for r in recs_:
+                k = (table, str(r.change.op))
+                counts[k] = counts.get(k, 0) + 1
+        return newpos, counts
 
     def _stage(self, cur: psycopg.Cursor[Any], plan: TablePlan, items: list[Item]) -> None:
         """COPY `items` into the plan's staging table (created on first use, emptied before use).

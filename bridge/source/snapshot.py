@@ -96,11 +96,15 @@ class TableReader:
         self.relation = relation
         self.chunk_rows = chunk_rows
         self.converters = [converter(c) for c in relation.columns]
-        table = sql.Identifier(relation.schema, relation.table)
+        table: sql.Composable = sql.Identifier(relation.schema, relation.table)
         cols = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in relation.columns)
         self.key_index = [relation.index[k] for k in relation.primary_key]
         if relation.primary_key:
-            key = sql.SQL(", ").join(sql.Identifier(k) for k in relation.primary_key)
+            # Qualified with the table's alias: a bare name in ORDER BY would resolve to the
+            # output column of the same name — its `::text` — and order `10` before `9`, which
+            # the keyset comparison (on the typed column) does not: rows would be skipped.
+            table = sql.SQL("{} AS t").format(table)
+            key = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in relation.primary_key)
             casts = sql.SQL(", ").join(
                 sql.SQL("{}::{}").format(sql.Placeholder(), sql.SQL(relation.column(k).type_name))
                 for k in relation.primary_key)
@@ -108,10 +112,26 @@ class TableReader:
                 cols, table, key, sql.Literal(chunk_rows))
             self.next_sql = sql.SQL("SELECT {} FROM {} WHERE ({}) > ({}) ORDER BY {} LIMIT {}").format(
                 cols, table, key, casts, key, sql.Literal(chunk_rows))
-        self.scan_sql = sql.SQL("SELECT {} FROM {}").format(cols, table)
+        self.scan_sql = sql.SQL("SELECT {} FROM {}").format(cols, sql.Identifier(relation.schema, relation.table))
 
     def _convert(self, raw: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(None if v is None else conv(v) for conv, v in zip(self.converters, raw, strict=True))
+
+    def read_chunk(self, conn: psycopg.Connection[Any], last_key: list[str] | None
+                   ) -> tuple[list[tuple[Any, ...]], list[str] | None]:
+        """One keyset chunk after `last_key` (from the start when None), as one statement.
+
+        Used by the resnapshot, on an autocommit connection: each chunk is its own short
+        transaction. Returns (rows converted to value forms, text of the chunk's last key —
+        `last_key` itself when the chunk is empty). Only for tables with a primary key.
+        """
+        if not self.relation.primary_key:
+            raise SourceError(f"{self.relation.qualified} has no primary key: it cannot be read in chunks",
+                              table=self.relation.qualified)
+        raw = (conn.execute(self.first_sql) if last_key is None else conn.execute(self.next_sql, last_key)).fetchall()
+        if not raw:
+            return [], last_key
+        return [self._convert(r) for r in raw], [raw[-1][i] for i in self.key_index]
 
     def chunks(self, conn: psycopg.Connection[Any], last_key: list[str] | None
                ) -> Iterator[tuple[list[tuple[Any, ...]], list[str] | None]]:

@@ -132,3 +132,15 @@ def test_watermark_never_passes_an_unacked_record(data: st.DataObject) -> None:
             ok = j in delivered and acked.get(tp, pos(0, -1)) >= p
             if not ok:
                 assert wm < Lsn((i + 1) * 10), f"watermark {wm} passed unacked record {p}"
+
+
+def test_partition_ignores_framing() -> None:
+    """A key keeps its partition when its schema version (and so its framing) changes."""
+    from bridge.produce.topics import partition_for
+
+    body = b"\x02\x04"
+    v1 = b"\xc3\x01" + bytes(range(8)) + body
+    v2 = b"\xc3\x01" + bytes(range(8, 16)) + body
+    confluent = b"\x00\x00\x00\x00\x07" + body
+    assert {partition_for(k, 7) for k in (v1, v2, confluent)} == {partition_for(body, 7)}
+    assert partition_for(None, 7) == 0
