@@ -462,7 +462,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         from bridge.status import format_status
 
         print(format_status(st))
-    return 0
+    return 1 if st.get("errors") else 0
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:

@@ -178,31 +178,31 @@ class TopicSchemaStore:
 
     def _read_topic(self) -> None:
         """Read `<prefix>._schemas` from where the last read stopped to its current end."""
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+        # Read to each partition's end-of-partition event rather than to its high watermark: some
+        # brokers (Tansu) report the last *batch's* base offset + 1 as the high watermark.
         consumer = Consumer({**self._conf, "group.id": f"bridge-schemas-{uuid.uuid4()}", "enable.auto.commit": False,
-                             "enable.partition.eof": False, "fetch.queue.backoff.ms": 10})
+                             "enable.partition.eof": True, "fetch.queue.backoff.ms": 10})
         try:
             meta = consumer.list_topics(self.topic, timeout=self._timeout).topics.get(self.topic)
-            if meta is None or meta.error is not None:
+            if meta is None or meta.error is not None or not meta.partitions:
                 return
-            ends: dict[int, int] = {}
-            for p in meta.partitions:
-                _low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self._timeout)
-                if high > self._offsets.get(p, 0):
-                    ends[p] = high
-            if not ends:
-                return
-            consumer.assign([TopicPartition(self.topic, p, self._offsets.get(p, OFFSET_BEGINNING)) for p in ends])
+            pending = set(meta.partitions)
+            consumer.assign([TopicPartition(self.topic, p, self._offsets.get(p, OFFSET_BEGINNING)) for p in pending])
             deadline = time.monotonic() + self._timeout
-            while any(self._offsets.get(p, 0) < end for p, end in ends.items()):
+            while pending:
                 if time.monotonic() > deadline:
                     raise CodecError("timed out reading the schema topic", topic=self.topic)
                 msg = consumer.poll(0.5)
                 if msg is None:
                     continue
-                if msg.error() is not None:
-                    raise CodecError(f"cannot read the schema topic: {msg.error()}", topic=self.topic)
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition())
+                        continue
+                    raise CodecError(f"cannot read the schema topic: {err}", topic=self.topic)
                 part, off = msg.partition(), msg.offset()
                 if part is None or off is None:
                     continue

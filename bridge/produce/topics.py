@@ -82,6 +82,19 @@ class TopicManager:
         deadline = time.monotonic() + timeout
         want = partitions or self.partitions
         created = False
+        # Create before asking for metadata: some brokers (Tansu) auto-create a topic on a
+        # metadata request, with their own partition count.
+        config = {"cleanup.policy": "compact"} if compact else {}
+        fut = self._admin.create_topics([NewTopic(topic, num_partitions=want,
+                                                  replication_factor=self.replication_factor,
+                                                  config=config)])[topic]
+        try:
+            fut.result(timeout)
+            created = True
+            log.info("created topic %s with %d partitions", topic, want, extra={"topic": topic})
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise ProduceError(f"cannot create topic: {exc}", topic=topic) from exc
         while True:
             md = self._admin.list_topics(topic, timeout=10)
             t = md.topics.get(topic)
@@ -89,18 +102,6 @@ class TopicManager:
                 if len(t.partitions) >= want or not created:
                     self._known[topic] = len(t.partitions)
                     return len(t.partitions)
-            elif not created:
-                config = {"cleanup.policy": "compact"} if compact else {}
-                fut = self._admin.create_topics([NewTopic(topic, num_partitions=want,
-                                                          replication_factor=self.replication_factor,
-                                                          config=config)])[topic]
-                try:
-                    fut.result(timeout)
-                    log.info("created topic %s with %d partitions", topic, want, extra={"topic": topic})
-                except KafkaException as exc:
-                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                        raise ProduceError(f"cannot create topic: {exc}", topic=topic) from exc
-                created = True
             if time.monotonic() > deadline:
                 raise ProduceError("topic metadata did not show the topic in time", topic=topic)
             time.sleep(0.1)
