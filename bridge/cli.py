@@ -38,7 +38,9 @@ def _config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def _stop_event() -> threading.Event:
+def _install_stop_handlers() -> threading.Event:
+    """SIGTERM/SIGINT set the returned event. Installed first thing in `main`, so a signal that
+    arrives while the process is still starting is not lost (the loop then drains and exits 0)."""
     stop = threading.Event()
 
     def handle(signum: int, _frame: object) -> None:
@@ -48,6 +50,13 @@ def _stop_event() -> threading.Event:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     return stop
+
+
+_STOP: list[threading.Event] = []  # the event `main` installed (one per process)
+
+
+def _stop_event() -> threading.Event:
+    return _STOP[0] if _STOP else _install_stop_handlers()
 
 
 def _kafka_extra(cfg: Config) -> dict[str, Any]:
@@ -185,7 +194,8 @@ def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, 
         repl_conn, name, cp = exported
         state = SnapshotState(cp.value, 0, {f"{s}.{t}": TableProgress(s, t) for s, t in list_tables(conn, include)})
         store.save(state)
-        return SnapshotPlan(state, conn, name, store.save, repl_conn.close)
+        return SnapshotPlan(state, conn, name, store.save, repl_conn.close,
+                            chunk_rows=cfg.source.snapshot_chunk_rows)
     loaded = store.load()
     if loaded is None or loaded.done:
         conn.close()
@@ -202,7 +212,8 @@ def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, 
     def delivered(topic: str, partitions: int, cp: int, from_seq: int, scan: int) -> tuple[set[bytes], int]:
         return delivered_after(cfg.kafka.bootstrap_servers, extra, topic, partitions, cp, from_seq, scan)
 
-    return SnapshotPlan(loaded, conn, None, store.save, lambda: None, delivered=delivered)
+    return SnapshotPlan(loaded, conn, None, store.save, lambda: None, delivered=delivered,
+                        chunk_rows=cfg.source.snapshot_chunk_rows)
 
 
 def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
@@ -533,6 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), None)
+    if command in ("produce", "sink", "run") and not _STOP and threading.current_thread() is threading.main_thread():
+        _STOP.append(_install_stop_handlers())
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

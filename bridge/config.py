@@ -68,6 +68,7 @@ class SourceConfig:
     snapshot: Literal["initial", "never"] = "initial"
     heartbeat_interval_s: float = 10.0
     sql_batch_changes: int = 10_000  # capture=sql: changes per pg_logical_slot_peek_changes call
+    snapshot_chunk_rows: int = 10_000  # rows per snapshot chunk (progress is saved after each)
     spill_bytes: int = 64 * MiB  # a transaction buffered beyond this spills to disk
     status_interval_s: float = 10.0  # standby status updates / slot status polling
 
@@ -629,6 +630,7 @@ def _validate(c: Config, errors: list[str], origin: Mapping[str, str]) -> None:
         if not getattr(c.source, key) > 0:
             err(f"source.{key}", f"expected a number of seconds > 0, got {getattr(c.source, key)!r}")
     for path, value in (("source.sql_batch_changes", c.source.sql_batch_changes),
+                        ("source.snapshot_chunk_rows", c.source.snapshot_chunk_rows),
                         ("source.spill_bytes", c.source.spill_bytes),
                         ("kafka.partitions", c.kafka.partitions),
                         ("kafka.replication_factor", c.kafka.replication_factor),

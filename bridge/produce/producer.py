@@ -34,6 +34,7 @@ from bridge.produce.topics import (
     HEADER_LSN,
     HEADER_SEQ,
     HEADER_XID,
+    Tail,
     TailReader,
     TopicManager,
     partition_for,
@@ -146,7 +147,7 @@ class ChangeProducer:
         self.heartbeat = heartbeat
         self.assembler = assembler or TransactionAssembler()
         self.slot = slot
-        self._tails: dict[str, dict[int, Position]] = {}
+        self._tails: dict[str, dict[int, Tail]] = {}
         self._partitions: dict[str, int] = {}
         self._topic_of: dict[tuple[str, str], str] = {}
         self._confirmed = ledger.watermark()
@@ -172,10 +173,10 @@ class ChangeProducer:
 
             t = self._topic_of[key] = topic_name(self.s.topic_prefix, schema, table)
             n = self._partitions[t] = self.topics.ensure(t)
-            self._tails[t] = self.tail_reader.tails(t, n)
+            self._tails[t] = self.tail_reader.tails_with_kind(t, n)
             if self._tails[t]:
                 log.info("topic %s: resuming after tails %s", t,
-                         {p: str(v) for p, v in self._tails[t].items()}, extra={"topic": t})
+                         {p: str(v.position) for p, v in self._tails[t].items()}, extra={"topic": t})
         return t
 
     # -- the loop ---------------------------------------------------------------------------
@@ -232,8 +233,8 @@ class ChangeProducer:
                 log.info("snapshot: resuming %s after %s; %d rows of the interrupted chunk are already in Kafka",
                          rel.qualified, prog.last_key, len(present), extra={"table": rel.qualified})
                 for p, tail in self._tails[topic].items():
-                    if tail.commit_lsn == cp:  # the slot waits for those to be acked too
-                        self.ledger.present(entry, (topic, p), tail)
+                    if tail.position.commit_lsn == cp:  # the slot waits for those to be acked too
+                        self.ledger.present(entry, (topic, p), tail.position)
             plan.delivered = None
             for rows, last_key in reader.chunks(plan.conn, prog.last_key):
                 for row in rows:
@@ -486,7 +487,7 @@ class ChangeProducer:
               headers: list[tuple[str, str | bytes | None]], pos: Position) -> None:
         tail = self._tails[topic].get(partition)
         tp = (topic, partition)
-        if tail is not None and pos <= tail:
+        if tail is not None and tail.covers(pos, value is None):
             self.ledger.present(entry, tp, pos)
             self.skipped_present += 1
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -60,6 +61,19 @@ def position_from_headers(headers: Any) -> Position | None:
     if lsn is None or seq is None:
         return None
     return Position(Lsn.parse(lsn.decode() if isinstance(lsn, bytes) else str(lsn)), int(seq))
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """The last record of a partition: its position, and whether it is a tombstone (a delete's
+    tombstone shares the delete's position and comes right after it)."""
+
+    position: Position
+    tombstone: bool
+
+    def covers(self, position: Position, tombstone: bool) -> bool:
+        """Whether a record (`position`, `tombstone`) is already in the partition."""
+        return (position, tombstone) <= (self.position, self.tombstone)
 
 
 class TopicManager:
@@ -116,7 +130,12 @@ class TailReader:
                                    "fetch.wait.max.ms": 10, **(extra or {})})
 
     def tails(self, topic: str, partitions: int, timeout: float = 30.0) -> dict[int, Position]:
-        result: dict[int, Position] = {}
+        """The position of the last record of each non-empty partition."""
+        return {p: t.position for p, t in self.tails_with_kind(topic, partitions, timeout).items()}
+
+    def tails_with_kind(self, topic: str, partitions: int, timeout: float = 30.0) -> dict[int, Tail]:
+        """The last record of each non-empty partition (position and tombstone or not)."""
+        result: dict[int, Tail] = {}
         assign: list[TopicPartition] = []
         deadline = time.monotonic() + timeout
         for p in range(partitions):
@@ -155,7 +174,7 @@ class TailReader:
                                     extra={"topic": topic, "partition": p, "offset": offset})
                         result.pop(p, None)
                     else:
-                        result[p] = pos
+                        result[p] = Tail(pos, msg.value() is None)
         finally:
             self._consumer.unassign()
         return result

@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from bridge.codec import EnvelopeDecoder, TopicSchemaStore
 from bridge.events import Op
+from bridge.local import free_port
 from bridge.produce.snapshot_state import SnapshotStateStore
 from bridge.produce.topics import position_from_headers
 from tests.conftest import BROKER_KINDS, Broker
@@ -259,32 +260,47 @@ def test_initial_snapshot_under_concurrent_writes(broker: Broker, source_dsn: st
 
 
 @pytest.mark.parametrize("broker", TANSU, indirect=True)
+def _snapshot_metrics(port: int) -> tuple[dict[str, float], float]:
+    """(snapshot rows per table, tables remaining) from the producer's /metrics; empty before it serves."""
+    import re
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return {}, 0.0
+    rows = {m[1]: float(m[2]) for m in re.finditer(r'^bridge_snapshot_rows_total\{table="([^"]+)"\} (\S+)$', text, re.M)}
+    rem = re.search(r"^bridge_snapshot_tables_remaining (\S+)$", text, re.M)
+    return rows, float(rem[1]) if rem else 0.0
+
+
 def test_snapshot_resumes_after_kill(broker: Broker, source_dsn: str, target_dsn: str, tmp_path: Path) -> None:
     counts = populate(source_dsn, SNAPSHOT_ROWS)
+    # Small chunks: many progress saves, so the kill lands inside the snapshot on a fast machine too.
     cfg = write_config(tmp_path, source_dsn=source_dsn, target_dsn=target_dsn, bootstrap=broker.bootstrap,
-                       source__snapshot="initial")
+                       source__snapshot="initial", source__snapshot_chunk_rows=500)
     conf = json.loads(cfg.read_text())
     prefix = conf["kafka"]["topic_prefix"]
-    producer = BridgeProcess("produce", cfg, tmp_path).start()
+    port = free_port()
+    producer = BridgeProcess("produce", cfg, tmp_path, env={"BRIDGE_METRICS__PORT": str(port)}).start()
     sink = BridgeProcess("sink", cfg, tmp_path).start()
     writer = Writer(source_dsn, counts)
     try:
         wait_slot_active(source_dsn, conf["source"]["slot"], producer)
         writer.start()
-        # Kill once a keyed table is part-way through (the keyless one is read first, whole).
+        # Kill once a keyed table is part-way through (the keyless one is read first, whole),
+        # watching the producer's own snapshot metrics (cheap to poll often).
         deadline = time.monotonic() + 300
         killed_in: str | None = None
         while killed_in is None and time.monotonic() < deadline:
-            st = _state(broker.bootstrap, prefix)
-            if st is not None:
-                busy = [k for k, v in st.tables.items() if v.rows > 0 and not v.done and k != "public.a_log"]
-                if busy:
-                    time.sleep(random.uniform(0.0, 0.3))  # somewhere inside the next chunk
-                    producer.kill()
-                    killed_in = busy[0]
-                    break
-                assert not st.done, "the snapshot finished before the kill: make it bigger"
-            time.sleep(0.05)
+            rows, remaining = _snapshot_metrics(port)
+            busy = [t for t, n in rows.items() if n > 0 and t != "public.a_log"]
+            if busy and remaining >= 1:
+                time.sleep(random.uniform(0.0, 0.05))  # somewhere inside a chunk
+                producer.kill()
+                killed_in = busy[0]
+                break
+            time.sleep(0.02)
         assert killed_in is not None, f"no progress to kill in:\n{producer.log_tail()}"
         before = _state(broker.bootstrap, prefix)
         assert before is not None and not before.done

@@ -144,3 +144,15 @@ def test_partition_ignores_framing() -> None:
     confluent = b"\x00\x00\x00\x00\x07" + body
     assert {partition_for(k, 7) for k in (v1, v2, confluent)} == {partition_for(body, 7)}
     assert partition_for(None, 7) == 0
+
+
+def test_tail_covers_delete_but_not_its_missing_tombstone() -> None:
+    """Killed between a delete and its tombstone: the restart must still write the tombstone."""
+    from bridge.produce.topics import Tail
+
+    tail = Tail(pos(100, 3), tombstone=False)  # the delete made it, its tombstone did not
+    assert tail.covers(pos(100, 3), False)
+    assert not tail.covers(pos(100, 3), True)
+    assert tail.covers(pos(100, 2), True)
+    assert not tail.covers(pos(100, 4), False)
+    assert Tail(pos(100, 3), tombstone=True).covers(pos(100, 3), True)
