@@ -23,6 +23,7 @@ import selectors
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -127,6 +128,26 @@ class _Backoff:
         self.delay = 0.0
         self.next_at = 0.0
 
+    def attempt(self, connect: Callable[[], None], deadline: float, slot: str) -> bool:
+        """Call `connect` once the backoff allows, waiting at most until `deadline`. True when it
+        connected; False when it is not time yet or a retryable failure was recorded. Raises
+        `SourceError` for failures that will not go away."""
+        wait = self.next_at - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+            if time.monotonic() < self.next_at:
+                return False
+        try:
+            connect()
+        except SourceError as exc:
+            if not _retryable(exc):
+                raise
+            self.failed()
+            log.warning("reconnect to slot %s failed (next try in %.1fs): %s", slot, self.delay, exc)
+            return False
+        self.reset()
+        return True
+
 
 class _ConnectionLost(Exception):
     """Internal: the replication stream ended or its socket failed; reconnect."""
@@ -213,21 +234,8 @@ class StreamCapture:
 
     def _reconnect(self, deadline: float) -> bool:
         """Try to reconnect once the backoff allows, waiting at most until `deadline`."""
-        wait = self._backoff.next_at - time.monotonic()
-        if wait > 0:
-            time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
-            if time.monotonic() < self._backoff.next_at:
-                return False
-        try:
-            self._connect()
-        except SourceError as exc:
-            if not _retryable(exc):
-                raise
-            self._backoff.failed()
-            log.warning("reconnect to slot %s failed (next try in %.1fs): %s", self.slot,
-                        self._backoff.delay, exc)
+        if not self._backoff.attempt(self._connect, deadline, self.slot):
             return False
-        self._backoff.reset()
         self.reconnects += 1
         log.warning("reconnected to slot %s (reconnect #%d); re-delivering from %s",
                     self.slot, self.reconnects, self._confirmed or "the slot's confirmed position")
@@ -472,20 +480,8 @@ class SqlCapture:
         self._cursor = None
 
     def _reconnect(self, deadline: float) -> bool:
-        wait = self._backoff.next_at - time.monotonic()
-        if wait > 0:
-            time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
-            if time.monotonic() < self._backoff.next_at:
-                return False
-        try:
-            self._connect()
-        except SourceError as exc:
-            if not _retryable(exc):
-                raise
-            self._backoff.failed()
-            log.warning("reconnect for slot %s failed (next try in %.1fs): %s", self.slot, self._backoff.delay, exc)
+        if not self._backoff.attempt(self._connect, deadline, self.slot):
             return False
-        self._backoff.reset()
         self._reset_tracking()
         self.reconnects += 1
         log.warning("reconnected to slot %s (reconnect #%d); re-delivering from %s",
