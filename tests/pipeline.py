@@ -55,6 +55,7 @@ class BridgeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.kills = 0
+        self.started_at = 0.0
 
     @property
     def logfile(self) -> Path:
@@ -68,6 +69,7 @@ class BridgeProcess:
                                      cwd=REPO, env=env, start_new_session=True)
         log.close()
         self.starts += 1
+        self.started_at = time.monotonic()
         return self
 
     def alive(self) -> bool:
@@ -82,8 +84,11 @@ class BridgeProcess:
             self.kills += 1
 
     def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait. A process started a moment ago first gets 2 s to reach `main()`:
+        a signal that arrives before the interpreter has installed any handler kills it (-15)."""
         if self.proc is None:
             return 0
+        time.sleep(max(0.0, self.started_at + 2.0 - time.monotonic()))
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
