@@ -62,13 +62,17 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, component, structured fields, exc."""
+class _BridgeFormatter(logging.Formatter):
+    """What both formats share: the component name and the redaction of secrets."""
 
     def __init__(self, component: str, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self.component = component
         self.redactor = _Redactor(secrets)
+
+
+class JsonFormatter(_BridgeFormatter):
+    """One JSON object per line: ts, level, logger, msg, component, structured fields, exc."""
 
     def format(self, record: logging.LogRecord) -> str:
         r = self.redactor
@@ -91,13 +95,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(_BridgeFormatter):
     """`2026-01-01T00:00:00.000Z INFO  bridge.x [producer] message slot=bridge position=0/1:3`."""
-
-    def __init__(self, component: str, secrets: Iterable[str] = ()) -> None:
-        super().__init__()
-        self.component = component
-        self.redactor = _Redactor(secrets)
 
     def format(self, record: logging.LogRecord) -> str:
         r = self.redactor
