@@ -401,7 +401,15 @@ def test_sink_group_member_killed_and_restarted(broker: Broker, source_dsn: str,
 
         wait_for(both_assigned, 120, "both sinks assigned", procs)
         wait_for(lambda: load.changes >= 20_000, 300, "20,000 changes written", procs)
-        applied_before = table_digest(target_dsn, "public.accounts", ["id"], "id")[0]
+
+        def applied() -> int:
+            try:
+                return table_digest(target_dsn, "public.accounts", ["id"], "id")[0]
+            except psycopg.errors.UndefinedTable:
+                return 0  # the sink has not created the target table yet
+
+        wait_for(lambda: applied() > 0, 120, "the sinks applied something", procs)
+        applied_before = applied()
         sink_a.kill()
         time.sleep(3.0)
         sink_a.start()
