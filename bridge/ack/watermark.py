@@ -35,7 +35,7 @@ class InFlight:
     pending: int = 0  # records handed to the broker client, delivery not yet reported
     closed: bool = False  # every record of the transaction has been handed over
     failed: bool = False
-    needs: dict[TopicPartition, Position] = field(default_factory=dict)
+    needs: dict[TopicPartition, int] = field(default_factory=dict)  # the highest seq sent there
 
 
 class Ledger:
@@ -69,22 +69,25 @@ class Ledger:
         self._queue.append(txn)
         return txn
 
-    def sent(self, txn: InFlight, tp: TopicPartition, position: Position) -> None:
-        """A record was handed to the broker client; its delivery report will follow."""
+    def sent(self, txn: InFlight, tp: TopicPartition, seq: int) -> None:
+        """A record at position `(txn.commit_lsn, seq)` was handed to the broker client; its
+        delivery report will follow. (Every record of an entry has the entry's commit LSN.)"""
         txn.pending += 1
         self.records_in_flight += 1
-        self._need(txn, tp, position)
-
-    def present(self, txn: InFlight, tp: TopicPartition, position: Position) -> None:
-        """A record was found already in the partition (producer restart): no delivery follows,
-        but in `sink` mode it still has to be acked."""
-        self._need(txn, tp, position)
-
-    def _need(self, txn: InFlight, tp: TopicPartition, position: Position) -> None:
         if self.mode == "sink":
-            have = txn.needs.get(tp)
-            if have is None or have < position:
-                txn.needs[tp] = position
+            self._need(txn, tp, seq)
+
+    def present(self, txn: InFlight, tp: TopicPartition, seq: int) -> None:
+        """A record at `(txn.commit_lsn, seq)` was found already in the partition (producer
+        restart): no delivery follows, but in `sink` mode it still has to be acked."""
+        if self.mode == "sink":
+            self._need(txn, tp, seq)
+
+    @staticmethod
+    def _need(txn: InFlight, tp: TopicPartition, seq: int) -> None:
+        have = txn.needs.get(tp)
+        if have is None or have < seq:
+            txn.needs[tp] = seq
 
     def delivered(self, txn: InFlight, ok: bool = True) -> None:
         """A delivery report arrived. A failed delivery pins the watermark below `txn` for good:
@@ -108,9 +111,10 @@ class Ledger:
         if self.mode == "kafka":
             return True
         acked = self._acked
-        for tp, pos in txn.needs.items():
+        lsn = txn.commit_lsn
+        for tp, seq in txn.needs.items():
             a = acked.get(tp)
-            if a is None or a < pos:
+            if a is None or a.commit_lsn < lsn or (a.commit_lsn == lsn and a.seq < seq):
                 return False
         return True
 

@@ -6,7 +6,7 @@ Other modules use `TableCodec` (producer), `EnvelopeDecoder` (sink) and a `Schem
 
 from __future__ import annotations
 
-from bridge.codec.codec import DecodedChange, EnvelopeDecoder, TableCodec
+from bridge.codec.codec import DecodedChange, EnvelopeDecoder, Stamp, TableCodec
 from bridge.codec.decoder import compile_decoder, compile_reader
 from bridge.codec.encoder import compile_writer
 from bridge.codec.names import avro_name, field_names, topic_name
@@ -19,6 +19,7 @@ __all__ = [
     "MemorySchemaStore",
     "RegistrySchemaStore",
     "SchemaStore",
+    "Stamp",
     "TableCodec",
     "TopicSchemaStore",
     "avro_name",

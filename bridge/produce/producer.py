@@ -26,8 +26,9 @@ from confluent_kafka import KafkaError, Message, Producer
 from bridge import metrics
 from bridge.ack.channel import AckReader
 from bridge.ack.watermark import InFlight, Ledger
+from bridge.codec.codec import Stamp
 from bridge.errors import BridgeError, DecodeError, ProduceError
-from bridge.events import ChangeEvent, Op, Position
+from bridge.events import Op, Position, Row
 from bridge.lsn import Lsn
 from bridge.produce.resnapshot import SNAPSHOT_MESSAGE, Resnapshotter
 from bridge.produce.topics import (
@@ -38,6 +39,7 @@ from bridge.produce.topics import (
     TailReader,
     TopicManager,
     partition_for,
+    position_from_headers,
 )
 from bridge.produce.transactions import Message as WalMessageLine
 from bridge.produce.transactions import Transaction, TransactionAssembler
@@ -57,7 +59,8 @@ class ChangeDecoderLike(Protocol):
 class TableCodecLike(Protocol):
     def key(self, row: Any) -> bytes | None: ...
 
-    def value(self, event: ChangeEvent) -> bytes: ...
+    def envelope(self, before: Row | None, after: Row | None, op: str, seq: int, stamp: Stamp,
+                 unchanged: tuple[str, ...] = ()) -> bytes: ...
 
 
 @dataclass(slots=True)
@@ -109,6 +112,45 @@ class ProducerSettings:
     confirm_idle: bool = False
 
 
+Headers = list[tuple[str, str | bytes | None]]
+
+
+class _TableOut:
+    """Where one relation version's records go, looked up once per version: its codec, topic,
+    partition count, the (topic, partition) pairs, the topic's partition tails (non-empty only
+    after a restart), and counts not yet added to the metrics (added every confirm interval)."""
+
+    __slots__ = ("captured", "codec", "partitions", "produced", "relation", "tails", "topic", "tps")
+
+    def __init__(self, relation: Relation, codec: TableCodecLike, topic: str, partitions: int,
+                 tails: dict[int, Tail]) -> None:
+        self.relation = relation
+        self.codec = codec
+        self.topic = topic
+        self.partitions = partitions
+        self.tps = [(topic, p) for p in range(partitions)]
+        self.tails = tails
+        self.captured: dict[Op, int] = dict.fromkeys(Op, 0)
+        self.produced = 0
+
+
+class _Batch:
+    """One ledger entry's records in the making (a transaction, a message, a snapshot chunk run):
+    the entry, the stamp its envelopes share, its position headers and one delivery callback."""
+
+    __slots__ = ("entry", "lsn_header", "on_delivery", "stamp", "xid_header")
+
+    def __init__(self, producer: ChangeProducer, entry: InFlight, stamp: Stamp) -> None:
+        self.entry = entry
+        self.stamp = stamp
+        self.lsn_header = str(entry.commit_lsn).encode()
+        self.xid_header = str(stamp.xid).encode()
+        self.on_delivery = producer._delivery_callback(entry)
+
+    def headers(self, seq: int) -> Headers:
+        return [(HEADER_LSN, self.lsn_header), (HEADER_SEQ, str(seq).encode()), (HEADER_XID, self.xid_header)]
+
+
 class ChangeProducer:
     """Runs the producer loop until `stop` is set. Built by `cli.py` from its collaborators."""
 
@@ -148,20 +190,18 @@ class ChangeProducer:
         self.assembler = assembler or TransactionAssembler()
         self.slot = slot
         self._tails: dict[str, dict[int, Tail]] = {}
+        self._tails_until: Lsn | None = None  # the highest commit LSN among the loaded tails
         self._partitions: dict[str, int] = {}
         self._topic_of: dict[tuple[str, str], str] = {}
+        self._outs: dict[int, _TableOut] = {}  # by id() of the relation version
         self._confirmed = ledger.watermark()
         self._last_lsn = self._confirmed
         self._last_confirm = 0.0
         self._last_activity = time.monotonic()
         self._reconnects = 0
-        self.last_produced: Position | None = None
         self.skipped_present = 0
         self.produced = 0
         self.fatal: BaseException | None = None
-        # Labelled metric children, looked up once: `Counter.labels()` per record was ~10 % of the loop.
-        self._captured_metric: dict[tuple[str, str, Op], Any] = {}
-        self._produced_metric: dict[str, Any] = {}
 
     # -- topics -----------------------------------------------------------------------------
 
@@ -173,11 +213,59 @@ class ChangeProducer:
 
             t = self._topic_of[key] = topic_name(self.s.topic_prefix, schema, table)
             n = self._partitions[t] = self.topics.ensure(t)
-            self._tails[t] = self.tail_reader.tails_with_kind(t, n)
-            if self._tails[t]:
+            tails = self._tails[t] = self.tail_reader.tails_with_kind(t, n)
+            if tails:
                 log.info("topic %s: resuming after tails %s", t,
-                         {p: str(v.position) for p, v in self._tails[t].items()}, extra={"topic": t})
+                         {p: str(v.position) for p, v in tails.items()}, extra={"topic": t})
+                top = max(v.position.commit_lsn for v in tails.values())
+                if self._tails_until is None or top > self._tails_until:
+                    self._tails_until = top
         return t
+
+    def _out(self, relation: Relation) -> _TableOut:
+        out = self._outs.get(id(relation))
+        if out is None or out.relation is not relation:
+            topic = self._topic(relation.schema, relation.table)
+            out = self._outs[id(relation)] = _TableOut(relation, self.codec_for(relation), topic,
+                                                       self._partitions[topic], self._tails[topic])
+        return out
+
+    def _passed_tails(self, commit_lsn: Lsn) -> None:
+        """Records after every loaded tail cannot be in Kafka yet: stop checking tails."""
+        if self._tails_until is not None and commit_lsn > self._tails_until:
+            for tails in self._tails.values():
+                tails.clear()  # in place: every _TableOut of the topic shares the dict
+            self._tails_until = None
+
+    def _flush_metrics(self) -> None:
+        """Add the counts kept per table version to the labelled metrics (every confirm interval:
+        a `Counter.inc` per record was ~10 % of the loop)."""
+        for out in self._outs.values():
+            for op, n in out.captured.items():
+                if n:
+                    metrics.CHANGES_CAPTURED.labels(out.relation.qualified, op.value).inc(n)
+                    out.captured[op] = 0
+            if out.produced:
+                metrics.RECORDS_PRODUCED.labels(out.topic).inc(out.produced)
+                self.produced += out.produced
+                out.produced = 0
+
+    def _delivery_callback(self, entry: InFlight) -> Callable[[KafkaError | None, Message], None]:
+        """The delivery report handler of one ledger entry's records (one closure per entry)."""
+        ledger = self.ledger
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                ledger.delivered(entry, True)
+                return
+            ledger.delivered(entry, False)
+            if self.fatal is None:
+                metrics.PRODUCE_ERRORS.inc()
+                pos = position_from_headers(msg.headers())
+                self.fatal = ProduceError(f"delivery failed: {err}", topic=msg.topic(), partition=msg.partition(),
+                                          position=str(pos))
+
+        return on_delivery
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -213,7 +301,6 @@ class ChangeProducer:
         cp = Lsn(state.consistent_point)
         entry = self.ledger.open(cp)
         self._last_lsn = max(self._last_lsn, cp)
-        lsn_header = str(cp).encode()
         begin_snapshot_transaction(plan.conn, plan.snapshot_name)
         remaining = [t for t in state.tables.values() if not t.done]
         metrics.SNAPSHOT_TABLES_REMAINING.set(len(remaining))
@@ -221,9 +308,8 @@ class ChangeProducer:
         for prog in remaining:
             rel = self.relation_of(prog.schema, prog.table)
             reader = TableReader(rel, plan.chunk_rows)
-            codec = self.codec_for(rel)
-            topic = self._topic(rel.schema, rel.table)
-            n = self._partitions[topic]
+            out = self._out(rel)
+            codec, topic, n = out.codec, out.topic, out.partitions
             present: set[bytes] = set()
             if plan.delivered is not None and rel.primary_key:
                 # The dead run may have delivered part of the next chunk: skip those keys, number
@@ -232,21 +318,20 @@ class ChangeProducer:
                 state.next_seq = top + 1
                 log.info("snapshot: resuming %s after %s; %d rows of the interrupted chunk are already in Kafka",
                          rel.qualified, prog.last_key, len(present), extra={"table": rel.qualified})
-                for p, tail in self._tails[topic].items():
+                for p, tail in out.tails.items():
                     if tail.position.commit_lsn == cp:  # the slot waits for those to be acked too
-                        self.ledger.present(entry, (topic, p), tail.position)
+                        self.ledger.present(entry, (topic, p), tail.position.seq)
             plan.delivered = None
             for rows, last_key in reader.chunks(plan.conn, prog.last_key):
+                batch = _Batch(self, entry, Stamp(cp.value, 0, None, True, time.time_ns() // 1_000_000))
                 for row in rows:
                     key = codec.key(row)
                     if present and key in present:
                         continue
-                    pos = Position(cp, state.next_seq)
+                    seq = state.next_seq
                     state.next_seq += 1
-                    value = codec.value(ChangeEvent(rel, Op.READ, pos, 0, None, None, row, snapshot=True))
-                    headers: list[tuple[str, str | bytes | None]] = [
-                        (HEADER_LSN, lsn_header), (HEADER_SEQ, str(pos.seq).encode()), (HEADER_XID, b"0")]
-                    self._send(entry, topic, partition_for(key, n), key, value, headers, pos)
+                    value = codec.envelope(None, row, Op.READ, seq, batch.stamp)
+                    self._send(batch, out, partition_for(key, n), key, value, batch.headers(seq), seq)
                 prog.rows += len(rows)
                 prog.last_key = last_key
                 metrics.SNAPSHOT_ROWS.labels(rel.qualified).inc(len(rows))
@@ -319,6 +404,7 @@ class ChangeProducer:
         if not force and now - self._last_confirm < self.s.confirm_interval_s:
             return
         self._last_confirm = now
+        self._flush_metrics()
         wm = self.ledger.watermark()
         metrics.WATERMARK_LSN.set(wm.value)
         if wm > self._confirmed and self.source is not None:
@@ -353,8 +439,7 @@ class ChangeProducer:
                 parsed = parse_line(msg.line)
                 if isinstance(parsed, MessageLine):
                     hold = self.resnapshot.on_message(parsed, entry)
-                lsn_header = str(msg.lsn).encode()
-                self._resnapshot_end(entry, Position(msg.lsn, 0), 0, None, lsn_header, b"0")
+                self._resnapshot_end(_Batch(self, entry, Stamp(msg.lsn.value, 0, None, False, _now_ms())), 0)
             if not hold:
                 self.ledger.close(entry)
 
@@ -364,12 +449,12 @@ class ChangeProducer:
             txn.discard()
             return
         self._last_lsn = txn.commit_lsn
+        self._passed_tails(txn.commit_lsn)
         metrics.TRANSACTIONS.inc()
         entry = self.ledger.open(txn.commit_lsn)
-        commit_ts_us = _commit_ts(txn.commit_ts)
         xid = txn.xid or 0
-        xid_header = str(xid).encode()
-        lsn_header = str(txn.commit_lsn).encode()
+        batch = _Batch(self, entry, Stamp(txn.commit_lsn.value, xid, _commit_ts(txn.commit_ts), False, _now_ms()))
+        include, change = self.include, self._change
         seq = 0
         hold = False  # a resnapshot request keeps its entry open until the table is read
         decoded_bytes = 0  # counted once per transaction, not per line
@@ -377,27 +462,22 @@ class ChangeProducer:
             for line in txn.lines():
                 decoded_bytes += len(line)
                 parsed = parse_line(line)
-                if isinstance(parsed, ChangeLine):
-                    s = seq
+                if parsed.__class__ is ChangeLine:
+                    if include(parsed.schema, parsed.table):
+                        change(batch, parsed, seq)
                     seq += 1
-                    if self.include(parsed.schema, parsed.table):
-                        self._change(entry, parsed, Position(txn.commit_lsn, s), xid, commit_ts_us,
-                                     lsn_header, xid_header)
                 elif isinstance(parsed, TruncateLine):
-                    s = seq
-                    seq += 1
                     for schema, table in parsed.relations:
-                        if self.include(schema, table):
-                            self._truncate(entry, schema, table, Position(txn.commit_lsn, s), xid,
-                                           commit_ts_us, lsn_header, xid_header)
+                        if include(schema, table):
+                            self._truncate(batch, schema, table, seq)
+                    seq += 1
                 elif isinstance(parsed, MessageLine):
                     if self.resnapshot is not None and self.resnapshot.on_message(parsed, entry):
                         hold = True
                 else:
                     raise DecodeError("unexpected line inside a transaction", line=line[:200], offset=0)
             if self.resnapshot is not None:
-                self._resnapshot_end(entry, Position(txn.commit_lsn, seq), xid, commit_ts_us, lsn_header,
-                                     xid_header)
+                self._resnapshot_end(batch, seq)
         except BridgeError as exc:
             exc.context.setdefault("xid", xid)
             exc.context.setdefault("commit_lsn", str(txn.commit_lsn))
@@ -408,119 +488,95 @@ class ChangeProducer:
         if not hold:
             self.ledger.close(entry)
 
-    def _resnapshot_end(self, entry: InFlight, first: Position, xid: int, commit_ts_us: int | None,
-                        lsn_header: bytes, xid_header: bytes) -> None:
-        """After a transaction or message: produce a finished resnapshot chunk's rows in `entry`
-        from position `first` on, and close the entries of finished resnapshot requests."""
+    def _resnapshot_end(self, batch: _Batch, seq: int) -> None:
+        """After a transaction or message: produce a finished resnapshot chunk's rows in its
+        entry from `seq` on, and close the entries of finished resnapshot requests."""
         assert self.resnapshot is not None
         reads = self.resnapshot.take_reads()
         if reads is not None:
-            self._reads(entry, reads[0], reads[1], first, xid, commit_ts_us, lsn_header, xid_header)
+            self._reads(batch, reads[0], reads[1], seq)
         for held in self.resnapshot.release():
             self.ledger.close(held)
 
-    def _reads(self, entry: InFlight, relation: Relation, rows: list[Any], first: Position, xid: int,
-               commit_ts_us: int | None, lsn_header: bytes, xid_header: bytes) -> None:
-        """A resnapshot chunk's rows as op `r` events at `first`, `first.seq + 1`, … (in `entry`)."""
-        codec = self.codec_for(relation)
-        topic = self._topic(relation.schema, relation.table)
-        n = self._partitions[topic]
-        for i, row in enumerate(rows):
-            pos = Position(first.commit_lsn, first.seq + i)
-            key = codec.key(row)
-            value = codec.value(ChangeEvent(relation, Op.READ, pos, xid, commit_ts_us, None, row, snapshot=True))
-            headers: list[tuple[str, str | bytes | None]] = [
-                (HEADER_LSN, lsn_header), (HEADER_SEQ, str(pos.seq).encode()), (HEADER_XID, xid_header)]
-            self._send(entry, topic, partition_for(key, n), key, value, headers, pos)
+    def _reads(self, batch: _Batch, relation: Relation, rows: list[Any], first: int) -> None:
+        """A resnapshot chunk's rows as op `r` events at seq `first`, `first + 1`, … of `batch`."""
+        out = self._out(relation)
+        stamp = Stamp(batch.stamp.commit_lsn, batch.stamp.xid, batch.stamp.commit_ts_us, True, batch.stamp.ts_ms)
+        for seq, row in enumerate(rows, first):
+            key = out.codec.key(row)
+            value = out.codec.envelope(None, row, Op.READ, seq, stamp)
+            self._send(batch, out, partition_for(key, out.partitions), key, value, batch.headers(seq), seq)
         metrics.SNAPSHOT_ROWS.labels(relation.qualified).inc(len(rows))
 
-    def _change(self, entry: InFlight, change: ChangeLine, pos: Position, xid: int, commit_ts_us: int | None,
-                lsn_header: bytes, xid_header: bytes) -> None:
+    def _change(self, batch: _Batch, change: ChangeLine, seq: int) -> None:
         relation, op, before, after, unchanged = self.decoder.decode(change)
         if self.resnapshot is not None:
             self.resnapshot.observe(relation, before, after)
-        codec = self.codec_for(relation)
-        topic = self._topic(relation.schema, relation.table)
-        n = self._partitions[topic]
+        out = self._outs.get(id(relation))
+        if out is None or out.relation is not relation:
+            out = self._out(relation)
+        codec = out.codec
         key = codec.key(after if after is not None else before)
-        partition = partition_for(key, n)
-        counter = self._captured_metric.get((relation.schema, relation.table, op))
-        if counter is None:
-            counter = self._captured_metric[(relation.schema, relation.table, op)] = \
-                metrics.CHANGES_CAPTURED.labels(relation.qualified, op.value)
-        counter.inc()
-        headers: list[tuple[str, str | bytes | None]] = [
-            (HEADER_LSN, lsn_header), (HEADER_SEQ, str(pos.seq).encode()), (HEADER_XID, xid_header)]
+        partition = partition_for(key, out.partitions)
+        out.captured[op] += 1
+        headers = batch.headers(seq)
         if op is Op.UPDATE and before is not None and after is not None and relation.primary_key:
             old_key = codec.key(before)
-            old_partition = partition_for(old_key, n)
+            old_partition = partition_for(old_key, out.partitions)
             if old_key != key and old_partition != partition:
                 # A primary-key change across partitions: the old key's earlier changes are in
                 # its own partition, so its end must be there too, in order — a delete of the old
                 # key there and a create of the new key here (same position, one per partition).
-                gone = ChangeEvent(relation, Op.DELETE, pos, xid, commit_ts_us, before, None)
-                self._send(entry, topic, old_partition, old_key, codec.value(gone), headers, pos)
+                gone = codec.envelope(before, None, Op.DELETE, seq, batch.stamp)
+                self._send(batch, out, old_partition, old_key, gone, headers, seq)
                 if self.s.tombstones:
-                    self._send(entry, topic, old_partition, old_key, None, headers, pos)
+                    self._send(batch, out, old_partition, old_key, None, headers, seq)
                 op, before = Op.INSERT, None
-        event = ChangeEvent(relation, op, pos, xid, commit_ts_us, before, after, unchanged)
-        self._send(entry, topic, partition, key, codec.value(event), headers, pos)
+        self._send(batch, out, partition, key, codec.envelope(before, after, op, seq, batch.stamp, unchanged),
+                   headers, seq)
         if op is Op.DELETE and self.s.tombstones and key is not None:
-            self._send(entry, topic, partition, key, None, headers, pos)
+            self._send(batch, out, partition, key, None, headers, seq)
 
-    def _truncate(self, entry: InFlight, schema: str, table: str, pos: Position, xid: int,
-                  commit_ts_us: int | None, lsn_header: bytes, xid_header: bytes) -> None:
+    def _truncate(self, batch: _Batch, schema: str, table: str, seq: int) -> None:
         relation = self.relation_of(schema, table)
         if self.resnapshot is not None:
             self.resnapshot.observe_truncate(schema, table)
-        codec = self.codec_for(relation)
-        value = codec.value(ChangeEvent(relation, Op.TRUNCATE, pos, xid, commit_ts_us, None, None))
-        topic = self._topic(schema, table)
-        headers: list[tuple[str, str | bytes | None]] = [
-            (HEADER_LSN, lsn_header), (HEADER_SEQ, str(pos.seq).encode()), (HEADER_XID, xid_header)]
-        metrics.CHANGES_CAPTURED.labels(relation.qualified, Op.TRUNCATE.value).inc()
+        out = self._out(relation)
+        value = out.codec.envelope(None, None, Op.TRUNCATE, seq, batch.stamp)
+        headers = batch.headers(seq)
+        out.captured[Op.TRUNCATE] += 1
         # Every partition gets the truncate, so each partition's consumer sees it in order.
-        for partition in range(self._partitions[topic]):
-            self._send(entry, topic, partition, None, value, headers, pos)
+        for partition in range(out.partitions):
+            self._send(batch, out, partition, None, value, headers, seq)
 
-    def _send(self, entry: InFlight, topic: str, partition: int, key: bytes | None, value: bytes | None,
-              headers: list[tuple[str, str | bytes | None]], pos: Position) -> None:
-        tail = self._tails[topic].get(partition)
-        tp = (topic, partition)
-        if tail is not None and tail.covers(pos, value is None):
-            self.ledger.present(entry, tp, pos)
-            self.skipped_present += 1
-            return
+    def _send(self, batch: _Batch, out: _TableOut, partition: int, key: bytes | None, value: bytes | None,
+              headers: Headers, seq: int) -> None:
         ledger = self.ledger
+        if out.tails:  # after a restart, until the stream has passed every partition's tail
+            tail = out.tails.get(partition)
+            if tail is not None and tail.covers(Position(batch.entry.commit_lsn, seq), value is None):
+                ledger.present(batch.entry, out.tps[partition], seq)
+                self.skipped_present += 1
+                return
         while ledger.records_in_flight >= self.s.max_records_in_flight:
             # Back-pressure inside a transaction too: without it a 1,000,000-row transaction
             # sits whole in the client's queue (over 1 GB of RSS, invariant 6).
             self.producer.poll(0.05)
             if self.fatal is not None:
                 raise self.fatal
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            ok = err is None
-            ledger.delivered(entry, ok)
-            if not ok and self.fatal is None:
-                metrics.PRODUCE_ERRORS.inc()
-                self.fatal = ProduceError(f"delivery failed: {err}", topic=topic, partition=partition,
-                                          position=str(pos))
-
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, partition=partition, headers=headers,
-                                      on_delivery=on_delivery)
+                self.producer.produce(out.topic, value, key, partition=partition, on_delivery=batch.on_delivery,
+                                      headers=headers)
                 break
             except BufferError:
                 self.producer.poll(0.05)  # the client's queue is full: wait for deliveries
-        ledger.sent(entry, tp, pos)
-        self.produced += 1
-        self.last_produced = pos
-        counter = self._produced_metric.get(topic)
-        if counter is None:
-            counter = self._produced_metric[topic] = metrics.RECORDS_PRODUCED.labels(topic)
-        counter.inc()
+        ledger.sent(batch.entry, out.tps[partition], seq)
+        out.produced += 1
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _commit_ts(text: str | None) -> int | None:

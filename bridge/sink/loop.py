@@ -200,15 +200,22 @@ class SinkLoop:
             self.consumer.close()
 
     def step(self) -> None:
-        """Consume what is there (waiting at most until the batch is due), commit when due."""
+        """Consume what is there and apply it: a batch is committed as soon as the consumer has
+        nothing more buffered (low latency when little flows; under load the records that arrive
+        while one batch applies make the next one big), or when it reaches its row, byte or age
+        bound."""
         b = self._batch
-        if b.empty():
-            # consume() waits its whole timeout unless `want` records come: keep it to a batch's time
-            timeout = self.s.batch_max_ms / 1000
-        else:
-            timeout = max(0.0, b.started + self.s.batch_max_ms / 1000 - time.monotonic())
         want = max(1, min(self.s.batch_max_rows - len(b), 10_000))
-        for msg in self.consumer.consume(want, timeout):
+        if b.empty():
+            # wait for the first record (poll returns as soon as one is there; consume(n, t)
+            # would wait until n records or t), then take what is buffered with it
+            first = self.consumer.poll(self.s.batch_max_ms / 1000)
+            msgs = [] if first is None else [first]
+            if first is not None and want > 1:
+                msgs.extend(self.consumer.consume(want - 1, 0))
+        else:
+            msgs = self.consumer.consume(want, 0)
+        for msg in msgs:
             self._take(msg)
         if self._waiting:
             self._check_waiting()
@@ -217,7 +224,8 @@ class SinkLoop:
             self._lag_at = now + 5.0
             self._report_lag()
         b = self._batch
-        if not b.empty() and (len(b) >= self.s.batch_max_rows or b.raw_bytes >= self.s.batch_max_bytes
+        if not b.empty() and (len(msgs) < want or len(b) >= self.s.batch_max_rows
+                              or b.raw_bytes >= self.s.batch_max_bytes
                               or time.monotonic() >= b.started + self.s.batch_max_ms / 1000):
             self.commit()
 

@@ -153,3 +153,35 @@ def test_registry_framing_and_fresh_client_lookup() -> None:
     assert EnvelopeDecoder(other).decode(value).after == ROW
     with pytest.raises(CodecError, match="Confluent"):
         store.lookup(b"\xc3\x01" + bytes(9))
+
+
+def test_envelope_in_pieces_equals_the_whole_schema_writer() -> None:
+    """`envelope` writes the source block once per stamp; the bytes must be the whole schema's."""
+    from bridge.codec import Stamp, compile_writer
+
+    codec = TableCodec(ORDERS, MemorySchemaStore(), db="shop", topic_prefix="bridge")
+    whole = compile_writer(codec.value_schema, prefix=codec.value_prefix)
+    stamps = [Stamp(0x16B374D848, 991, 1_763_000_000_000_001, False, 1_700_000_000_000),
+              Stamp(1, 0, None, True, 0), Stamp((1 << 63) - 1, (1 << 63) - 1, -5, False, 1 << 42)]
+    cases = [(Op.INSERT, None, ROW, ()), (Op.UPDATE, ROW, ROW2, ("payload", "note")), (Op.DELETE, ROW, None, ()),
+             (Op.READ, None, ROW2, ()), (Op.TRUNCATE, None, None, ())]
+    for stamp in stamps:
+        for seq in (0, 1, 8191, 8192, 1 << 40):
+            for op, before, after, unchanged in cases:
+                src = ("shop", "public", "orders", stamp.commit_lsn, seq, stamp.xid, stamp.commit_ts_us,
+                       stamp.snapshot)
+                want = whole((before, after, op, src, stamp.ts_ms, unchanged))
+                assert codec.envelope(before, after, op, seq, stamp, unchanged) == want
+
+
+def test_envelope_error_names_column_and_position() -> None:
+    from bridge.codec import Stamp
+
+    codec = TableCodec(ORDERS, MemorySchemaStore(), db="shop", topic_prefix="bridge")
+    stamp = Stamp(0x16B374D848, 1, None, False, 0)
+    with pytest.raises(CodecError) as info:
+        codec.envelope(None, (42, "seven", Decimal(1), "x", None, 0, None), Op.INSERT, 3, stamp)
+    assert info.value.context["column"] == "account_id"
+    assert info.value.context["position"] == "16/B374D848#3"
+    # the stamp is re-encoded after a failure, and a good row still encodes
+    assert codec.envelope(None, ROW, Op.INSERT, 4, stamp)
