@@ -241,7 +241,7 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
     decoder = EnvelopeDecoder(_schema_store(cfg))
     applier = Applier(cfg.sink.conninfo(), position_schema=cfg.sink.position_schema)
     loop = SinkLoop(
-        consumer=consumer, decode=decoder.decode,  # type: ignore[arg-type]
+        consumer=consumer, decode=decoder.decode,
         make_record=lambda t, p, o, c: SinkRecord(t, p, o, c),  # type: ignore[arg-type]
         applier=applier, acks=AckPublisher(side, cfg.kafka.topic_prefix),
         dead_letters=DeadLetters(side, cfg.sink.dead_letter_topic),

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.codec.decoder import compile_decoder
+from bridge.codec.decoder import _read_varint, compile_decoder
 from bridge.codec.encoder import VARINT, compile_writer, zigzag_long
 from bridge.codec.names import topic_name
 from bridge.codec.schemas import key_schema, relation_from_schema, row_record, value_schema
@@ -148,9 +148,10 @@ class TableCodec:
         return CodecError(f"{what} cannot be encoded: {exc!r}", table=self.relation.qualified, **ctx)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DecodedChange:
-    """One envelope as the sink sees it; rows are tuples in `relation`'s column order."""
+    """One envelope as the sink sees it; rows are tuples in `relation`'s column order.
+    (Not frozen: a frozen dataclass's construction costs twice as much, once per record.)"""
 
     relation: Relation
     op: Op
@@ -168,11 +169,45 @@ _OPS = {op.value: op for op in Op}
 _NO_RELATION = Relation("", "", ())  # placeholder for key schemas
 
 
+_SOURCE_HEAD = ["db", "schema", "table", "commit_lsn"]
+_SOURCE_TAIL = ["xid", "commit_ts", "snapshot"]
+
+
 class _Entry:
-    __slots__ = ("read", "relation", "schema")
+    """One writer schema's readers. For an envelope of the standard layout the body is read in
+    pieces, mirroring `TableCodec.envelope`: the rows and op, then the `source` block, whose bytes
+    are the same for every record of a transaction but `seq`: when they equal the previous
+    record's (compared as bytes), its decoded values are reused instead of read again."""
+
+    __slots__ = ("head", "head_len", "head_vals", "read", "read_head", "read_rows", "read_tail",
+                 "read_unchanged", "relation", "schema", "tail", "tail_len", "tail_vals")
 
     def __init__(self, schema: Schema, relation: Relation, read: Callable[[bytes, int], Any]) -> None:
         self.schema, self.relation, self.read = schema, relation, read
+        self.read_rows: Callable[[bytes, int], Any] | None = None
+        self.head = self.tail = b""
+        self.head_len = self.tail_len = 0
+        self.head_vals: tuple[Lsn, ...] = ()
+        self.tail_vals: tuple[Any, ...] = ()
+        fields = schema.get("fields") if relation is not _NO_RELATION else None
+        if not isinstance(fields, list) or len(fields) != 6:
+            return  # a key schema, or not the standard layout: the whole-body reader only
+        try:
+            src = fields[3]["type"]["fields"]
+            names = [f["name"] for f in fields]
+            src_names = [f["name"] for f in src]
+        except (KeyError, TypeError, IndexError):
+            return
+        if names != ["before", "after", "op", "source", "ts_ms", "unchanged"] or \
+                src_names != [*_SOURCE_HEAD, "seq", *_SOURCE_TAIL]:
+            return
+        ns = schema.get("namespace", "")
+        self.read_rows = compile_decoder(dict(schema, name="Rows", fields=fields[:3]), name="read_rows", partial=True)
+        self.read_head = compile_decoder({"type": "record", "name": "H", "namespace": ns, "fields": src[:4]},
+                                         name="read_head", partial=True)
+        self.read_tail = compile_decoder({"type": "record", "name": "T", "namespace": ns,
+                                          "fields": [*src[5:], fields[4]]}, name="read_tail", partial=True)
+        self.read_unchanged = compile_decoder(fields[5]["type"], name="read_unchanged")
 
 
 class EnvelopeDecoder:
@@ -202,15 +237,48 @@ class EnvelopeDecoder:
         schema, off = self._store.lookup(value)
         e = self._entry(schema, True)
         try:
-            before, after, op, src, ts_ms, unchanged = e.read(value, off)
-            _db, _schema, _table, lsn, seq, xid, commit_ts, snapshot = src
-            commit_lsn = self._lsn
-            if commit_lsn.value != lsn:
-                commit_lsn = self._lsn = Lsn(lsn)
-            return DecodedChange(e.relation, _OPS[op], Position(commit_lsn, seq), xid, commit_ts, before, after,
-                                 tuple(unchanged), snapshot, ts_ms)
-        except (KeyError, TypeError, ValueError) as exc:
+            if e.read_rows is None:
+                return self._decode_whole(e, value, off)
+            (before, after, op), p = e.read_rows(value, off)
+            if e.head_len and value.startswith(e.head, p):
+                p += e.head_len
+            else:
+                (_db, _schema, _table, lsn), q = e.read_head(value, p)
+                e.head, e.head_len, e.head_vals = value[p:q], q - p, (Lsn(lsn),)
+                p = q
+            z = value[p]
+            p += 1
+            if z > 127:
+                z, p = _read_varint(value, p, z)
+            seq = (z >> 1) ^ -(z & 1)
+            if e.tail_len and value.startswith(e.tail, p):
+                p += e.tail_len
+            else:
+                tail, q = e.read_tail(value, p)
+                e.tail, e.tail_len, e.tail_vals = value[p:q], q - p, tail
+                p = q
+            xid, commit_ts, snapshot, ts_ms = e.tail_vals
+            if p + 1 == len(value) and value[p] == 0:
+                unchanged: tuple[str, ...] = ()
+            else:
+                unchanged = tuple(e.read_unchanged(value, p))
+            return DecodedChange(e.relation, _OPS[op], Position(e.head_vals[0], seq), xid, commit_ts, before, after,
+                                 unchanged, snapshot, ts_ms)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            e.head_len = e.tail_len = 0
             raise CodecError(f"record is not an envelope: {exc!r}", schema=schema.get("name")) from exc
+        except CodecError:
+            e.head_len = e.tail_len = 0
+            raise
+
+    def _decode_whole(self, e: _Entry, value: bytes, off: int) -> DecodedChange:
+        before, after, op, src, ts_ms, unchanged = e.read(value, off)
+        _db, _schema, _table, lsn, seq, xid, commit_ts, snapshot = src
+        commit_lsn = self._lsn
+        if commit_lsn.value != lsn:
+            commit_lsn = self._lsn = Lsn(lsn)
+        return DecodedChange(e.relation, _OPS[op], Position(commit_lsn, seq), xid, commit_ts, before, after,
+                             tuple(unchanged), snapshot, ts_ms)
 
     def decode_key(self, key: bytes) -> tuple[Any, ...]:
         """Decode one framed key to the primary-key values, in primary-key order."""

@@ -257,22 +257,26 @@ class _ReadGen:
         L(f"{ind}    raise _bad({z} >> 1, p)")
 
 
-def compile_decoder(schema: Any, *, name: str = "read") -> Callable[[bytes, int], Any]:
+def compile_decoder(schema: Any, *, name: str = "read", partial: bool = False) -> Callable[[bytes, int], Any]:
     """Compile `read(data, offset)` returning the datum in value forms: records as tuples in
     field order, enums as their symbol, logical types as their underlying ints and strings, except
     decimals (`Decimal`; the string branch of a decimal union also becomes `Decimal`).
 
-    `read` raises `CodecError` for a truncated body, trailing bytes or a bad union index.
+    `read` raises `CodecError` for a truncated body, trailing bytes or a bad union index. With
+    `partial`, `read` returns `(datum, end offset)` and the datum may be followed by more bytes.
     """
     gen = _ReadGen(schema)
     gen.emit(schema, "out", "        ", "")
     params = "".join(f", {k}={k}" for k in gen.consts)
-    src = (f"def {name}(d, p{params}):\n    try:\n" + "\n".join(gen.lines) +
-           "\n    except (IndexError, UnicodeDecodeError, struct_error) as exc:\n"
-           "        raise CodecError(f'record body does not decode: {exc!r}', size=len(d)) from exc\n"
+    end = ("    if p > len(d):\n"
+           "        raise CodecError('record body is truncated', size=len(d), end=p)\n"
+           "    return out, p\n") if partial else (
            "    if p != len(d):\n"
            "        raise CodecError('record body is truncated' if p > len(d) else 'record body has trailing bytes', size=len(d), end=p)\n"
            "    return out\n")
+    src = (f"def {name}(d, p{params}):\n    try:\n" + "\n".join(gen.lines) +
+           "\n    except (IndexError, UnicodeDecodeError, struct_error) as exc:\n"
+           "        raise CodecError(f'record body does not decode: {exc!r}', size=len(d)) from exc\n" + end)
     ns: dict[str, Any] = dict(gen.consts)
     ns["struct_error"] = struct.error
     exec(compile(src, f"<avro reader {name}>", "exec"), ns)

@@ -26,9 +26,9 @@ class Change(Protocol):
     def unchanged(self) -> tuple[str, ...]: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SinkRecord:
-    """One consumed record: where it came from and what it says."""
+    """One consumed record: where it came from and what it says. (Not frozen: built per record.)"""
 
     topic: str
     partition: int

@@ -185,3 +185,48 @@ def test_envelope_error_names_column_and_position() -> None:
     assert info.value.context["position"] == "16/B374D848#3"
     # the stamp is re-encoded after a failure, and a good row still encodes
     assert codec.envelope(None, ROW, Op.INSERT, 4, stamp)
+
+
+def test_decode_in_pieces_equals_the_whole_body_reader() -> None:
+    """The sink reuses the source block of the previous record when its bytes repeat; every
+    field must still come out as the whole-body reader reads it, across stamps and tables."""
+    from bridge.codec import Stamp, compile_decoder
+
+    store = MemorySchemaStore()
+    orders = TableCodec(ORDERS, store, db="shop", topic_prefix="bridge")
+    other = TableCodec(ORDERS.__class__("public", "other", ORDERS.columns, ("id",), version=1), store, db="shop",
+                       topic_prefix="bridge")
+    whole = compile_decoder(orders.value_schema)
+    dec = EnvelopeDecoder(store)
+    stamps = [Stamp(0x16B374D848, 991, 1_763_000_000_000_001, False, 1_700_000_000_000),
+              Stamp(0x16B374D900, 992, None, True, 1_700_000_000_001)]
+    for stamp in stamps:
+        for seq in (0, 1, 9000, 1 << 40):
+            for codec in (orders, other, orders):
+                for op, before, after, unchanged in [(Op.INSERT, None, ROW, ()), (Op.UPDATE, ROW, ROW2, ("note",)),
+                                                     (Op.DELETE, ROW, None, ())]:
+                    value = codec.envelope(before, after, op, seq, stamp, unchanged)
+                    got = dec.decode(value)
+                    if codec is orders:
+                        b, a, o, src, ts_ms, unch = whole(value, store.lookup(value)[1])
+                        assert repr((got.before, got.after, got.op.value, got.unchanged)) == repr((b, a, o, tuple(unch)))
+                        assert (got.position.commit_lsn.value, got.position.seq, got.xid, got.commit_ts_us,
+                                got.snapshot, got.ts_ms) == (src[3], src[4], src[5], src[6], src[7], ts_ms)
+                    assert got.relation.table == codec.relation.table
+                    assert (got.position.seq, got.xid, got.snapshot) == (seq, stamp.xid, stamp.snapshot)
+                    assert repr((got.before, got.after, got.unchanged)) == repr((before, after, unchanged))
+
+
+def test_decode_rejects_a_damaged_body_after_a_cached_source() -> None:
+    from bridge.codec import Stamp
+
+    store = MemorySchemaStore()
+    codec = TableCodec(ORDERS, store, db="shop", topic_prefix="bridge")
+    dec = EnvelopeDecoder(store)
+    stamp = Stamp(0x16B374D848, 991, None, False, 1)
+    good = codec.envelope(None, ROW, Op.INSERT, 1, stamp)
+    assert dec.decode(good).position.seq == 1
+    for bad in (good[:-1], good + b"\x00", good[:-3], good[:20]):
+        with pytest.raises(CodecError):
+            dec.decode(bad)
+    assert dec.decode(codec.envelope(None, ROW, Op.INSERT, 2, stamp)).position.seq == 2
