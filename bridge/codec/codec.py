@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from bridge.codec.decoder import _read_varint, compile_decoder
@@ -73,6 +74,13 @@ class TableCodec:
         self.key_prefix: bytes | None = None
         self._key_write: Callable[[Any], bytes] | None = None
         self._pk_index = tuple(relation.index[c] for c in relation.primary_key)
+        # the key record's tuple from a row: itemgetter gives a tuple for 2+ columns, a value for 1
+        self._pk_of: Callable[[Row], tuple[Any, ...]] = lambda row: ()
+        if len(self._pk_index) == 1:
+            only = self._pk_index[0]
+            self._pk_of = lambda row: (row[only],)
+        elif self._pk_index:
+            self._pk_of = itemgetter(*self._pk_index)
         if self.key_schema is not None:
             self.key_prefix = store.register(self.key_schema, subject=f"{self.topic}-key")
             self._key_write = compile_writer(self.key_schema, prefix=self.key_prefix, name="write_key")
@@ -94,7 +102,7 @@ class TableCodec:
         primary key. Raises `CodecError` naming the column whose value cannot be encoded."""
         if self._key_write is None:
             return None
-        pk = tuple([row[i] for i in self._pk_index])
+        pk = self._pk_of(row)
         try:
             return self._key_write(pk)
         except Exception as exc:

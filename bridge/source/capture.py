@@ -61,9 +61,9 @@ _STATUS = struct.Struct("!cQQQQB")  # 'r', write, flush, apply, sendTime, replyR
 _RETRYABLE_STATES = frozenset({"57P01", "57P02", "57P03", "55006"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WalMessage:
-    """One test_decoding line and the LSN decoding reported for it.
+    """One test_decoding line and the LSN decoding reported for it (not frozen: one per line).
 
     The LSN is XLogData's dataStart (stream) or the `lsn` column (sql): for BEGIN the
     transaction's first record, for a change its record, for COMMIT the end of the commit record
@@ -176,7 +176,7 @@ class StreamCapture:
         self.max_batch = max_batch
         self.reconnects = 0
         self._confirmed: Lsn | None = None
-        self._wal_end = ZERO
+        self._wal_end = 0  # the server's WAL end from XLogData and keepalives (an int: set per message)
         self._backoff = _Backoff(reconnect_max_s)
         self._conn: psycopg.Connection[Any] | None = None
         self._pgconn: pq.abc.PGconn | None = None
@@ -278,8 +278,8 @@ class StreamCapture:
                     kind = buf[0]
                     if kind == 0x77:  # 'w' XLogData
                         start, end, _ = unpack_w(buf, 1)
-                        if end > self._wal_end.value:
-                            self._wal_end = Lsn(end)
+                        if end > self._wal_end:
+                            self._wal_end = end
                         if start == 0:
                             # Written with last_write=false (test_decoding's lazy BEGIN under
                             # skip-empty-xacts): walsender sends 0/0. It is always followed by
@@ -296,8 +296,8 @@ class StreamCapture:
                             return out
                     elif kind == 0x6B:  # 'k' primary keepalive
                         end, _, reply = unpack_k(buf, 1)
-                        if end > self._wal_end.value:
-                            self._wal_end = Lsn(end)
+                        if end > self._wal_end:
+                            self._wal_end = end
                         if reply:
                             self._send_status()
                     continue
@@ -362,7 +362,7 @@ class StreamCapture:
 
     @property
     def server_wal_end(self) -> Lsn:
-        return self._wal_end
+        return Lsn(self._wal_end)
 
     def close(self) -> None:
         """Send a final status update and close the connection."""
