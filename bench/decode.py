@@ -9,11 +9,11 @@ those lines, in this process (single-threaded, so "one core"):
 - `parse`: `bridge.source.test_decoding.parse_line` on every line;
 - `parse_convert`: the same plus `bridge.source.decoder.ChangeDecoder.decode` (typed values)
   over a real `Catalog` of the source database;
-- `encode`: `bridge.codec.TableCodec.key` + `.value` (framed Avro, `MemorySchemaStore`) of
-  the already-decoded changes;
+- `encode`: `bridge.codec.TableCodec.key` + `.envelope` (framed Avro, `MemorySchemaStore`) of
+  the already-decoded changes, with one `Stamp` per transaction as the producer does;
 - `fastavro`: `fastavro.schemaless_writer` of the same envelopes, one record at a time (the
   generic library, for comparison with the compiled writers);
-- `pipeline`: parse + convert + build the `ChangeEvent` + key + value, together.
+- `pipeline`: parse + convert + key + envelope, together (a `Stamp` per BEGIN).
 
 Every rate is in row changes per second (BEGIN/COMMIT lines are parsed but not counted), the
 median of `repeat` runs, also given per CPU second and as a ratio to `pg_peek_count` (PostgreSQL's
@@ -82,13 +82,13 @@ def measure_decode(dsn: str, slot: str, *, repeat: int = 3, limit: int | None = 
     """
     import fastavro
 
-    from bridge.codec import TableCodec
+    from bridge.codec import Stamp, TableCodec
     from bridge.codec.store import MemorySchemaStore
     from bridge.events import ChangeEvent, Position
     from bridge.lsn import Lsn
     from bridge.source.catalog import Catalog
     from bridge.source.decoder import ChangeDecoder
-    from bridge.source.test_decoding import ChangeLine, parse_line
+    from bridge.source.test_decoding import BeginLine, ChangeLine, parse_line
 
     pairs = peek_lines(dsn, slot, limit)
     lines = [d for _, d in pairs]
@@ -123,21 +123,29 @@ def measure_decode(dsn: str, slot: str, *, repeat: int = 3, limit: int | None = 
                 dec(p)
         return changes
 
+    def stamp_of(lsn: Lsn) -> Stamp:  # what the producer builds once per transaction
+        return Stamp(lsn.value, 1, 1_700_000_000_000_000, False, time.time_ns() // 1_000_000)
+
     # the decoded events, once, for the encoders alone
     events: list[ChangeEvent] = []
+    stamps: list[Stamp] = []
     seq = 0
+    stamp = stamp_of(lsns[0])
     for lsn, line in zip(lsns, lines, strict=True):
         p = parse_line(line)
         if type(p) is ChangeLine:
             rel, op, before, after, unchanged = decoder.decode(p)
             events.append(ChangeEvent(rel, op, Position(lsn, seq), 1, 1_700_000_000_000_000, before, after, unchanged))
+            stamps.append(stamp)
             seq += 1
+        elif type(p) is BeginLine:
+            stamp, seq = stamp_of(lsn), 0
 
     def encode() -> int:
-        for ev in events:
+        for ev, st in zip(events, stamps, strict=True):
             c = codec_for(ev.relation)
             c.key(ev.after if ev.after is not None else ev.before)  # type: ignore[arg-type]
-            c.value(ev)
+            c.envelope(ev.before, ev.after, ev.op, ev.position.seq, st, ev.unchanged)
         return len(events)
 
     # fastavro on the same envelopes, as dicts
@@ -165,17 +173,20 @@ def measure_decode(dsn: str, slot: str, *, repeat: int = 3, limit: int | None = 
 
     def pipeline() -> int:
         dec = decoder.decode
-        s = 0
+        n = s = 0
+        st = stamp_of(lsns[0])
         for lsn, line in zip(lsns, lines, strict=True):
             p = parse_line(line)
             if type(p) is ChangeLine:
                 rel, op, before, after, unchanged = dec(p)
-                ev = ChangeEvent(rel, op, Position(lsn, s), 1, 1_700_000_000_000_000, before, after, unchanged)
                 c = codec_for(rel)
                 c.key(after if after is not None else before)  # type: ignore[arg-type]
-                c.value(ev)
+                c.envelope(before, after, op, s, st, unchanged)
                 s += 1
-        return s
+                n += 1
+            elif type(p) is BeginLine:
+                st, s = stamp_of(lsn), 0
+        return n
 
     fns: dict[str, Callable[[], int]] = {"parse": parse, "parse_convert": parse_convert, "encode": encode,
                                          "fastavro": fastavro_write, "pipeline": pipeline}

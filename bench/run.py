@@ -379,6 +379,64 @@ def _fmt(v: Any) -> str:
     return f"{v:,.0f}" if isinstance(v, float | int) and not isinstance(v, bool) else str(v)
 
 
+# The issue's targets (bench/README.md): throughputs in changes/s, latency in ms, RSS in MiB.
+TARGET_SINK = 100_000
+TARGET_E2E = {"insert": 50_000, "mixed": 30_000}
+TARGET_PEEK_SHARE = 0.40
+TARGET_P99_MS = 500
+TARGET_DEBEZIUM = 2.0
+TARGET_BIG_RSS_MIB = 512  # "bounded": the default memory limit of the Helm chart's producer
+
+
+def targets(res: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for every target of the issue that this run measured."""
+    rows: list[tuple[str, str, str]] = []
+
+    def verdict(ok: bool, share: float) -> str:
+        return "met" if ok else f"missed: {share:.0%} of the target"
+
+    for mix, m in res["mixes"].items():
+        lim = m.get("limits", {})
+        peek, dbz = lim.get("pg_peek_count"), lim.get("debezium")
+        stream = next((c for c in m.get("capture", []) if isinstance(c, dict) and c.get("mode") == "stream"), None)
+        if mix == "insert" and isinstance(m.get("decode"), dict):
+            st = m["decode"]["stages"]["pipeline"]
+            rows.append(("decode pipeline ≥ 150,000/s on one core (insert)", f"{st['cpu_rate']:,.0f} per CPU s",
+                         verdict(st["cpu_rate"] >= TARGET_PIPELINE, st["cpu_rate"] / TARGET_PIPELINE)))
+        if stream is not None and mix == "insert":
+            rows.append(("capture → Kafka ≥ 110,000/s (insert, stream)",
+                         f"{stream['rate']:,.0f} from process start, {stream['stream_rate']:,.0f} from first record",
+                         verdict(stream["rate"] >= TARGET_CAPTURE, stream["rate"] / TARGET_CAPTURE)))
+            if isinstance(peek, float):
+                share = stream["rate"] / peek
+                rows.append(("capture ≥ 40 % of the SQL peek decode rate (insert)",
+                             f"{share:.0%} of {peek:,.0f}", verdict(share >= TARGET_PEEK_SHARE, share / TARGET_PEEK_SHARE)))
+        if stream is not None and isinstance(dbz, float):
+            x = stream["stream_rate"] / dbz
+            rows.append((f"capture ≥ 2x Debezium's ({mix})",
+                         f"{x:.2f}x ({stream['stream_rate']:,.0f} vs {dbz:,.0f}, both from the first event)",
+                         verdict(x >= TARGET_DEBEZIUM, x / TARGET_DEBEZIUM)))
+        sink = m.get("sink")
+        if mix == "insert" and isinstance(sink, dict):
+            rows.append(("Kafka → target ≥ 100,000/s (insert)", f"{sink['rate']:,.0f} from process start",
+                         verdict(sink["rate"] >= TARGET_SINK, sink["rate"] / TARGET_SINK)))
+        e = m.get("end_to_end")
+        if isinstance(e, dict) and mix in TARGET_E2E:
+            t = TARGET_E2E[mix]
+            rows.append((f"end to end ≥ {t:,}/s ({mix})", f"{e['rate']:,.0f}", verdict(e["rate"] >= t, e["rate"] / t)))
+            for lat in e.get("latency", []):
+                if lat.get("rate") == 10_000 and lat.get("p99_ms") is not None:
+                    rows.append(("p99 commit → applied < 500 ms at 10,000/s (mixed)",
+                                 f"p99 {lat['p99_ms']:.0f} ms (p50 {lat['p50_ms']:.0f} ms)",
+                                 verdict(lat["p99_ms"] < TARGET_P99_MS, TARGET_P99_MS / max(lat["p99_ms"], 1e-9))))
+    b = res.get("big")
+    if isinstance(b, dict) and b.get("peak_rss_mib"):
+        rows.append((f"bounded RSS, one transaction of {b['changes']:,} rows (≤ {TARGET_BIG_RSS_MIB} MiB)",
+                     f"producer peak {b['peak_rss_mib']:.0f} MiB",
+                     verdict(b["peak_rss_mib"] <= TARGET_BIG_RSS_MIB, TARGET_BIG_RSS_MIB / b["peak_rss_mib"])))
+    return rows
+
+
 def markdown(res: dict[str, Any]) -> str:
     meta = res["meta"]
     out = [f"# Benchmark {meta['date']}", "",
@@ -388,6 +446,10 @@ def markdown(res: dict[str, Any]) -> str:
            "the same data (the machine is shared, so absolute numbers vary from run to run).", ""]
     if meta.get("note"):
         out += [f"Note: {meta['note']}.", ""]
+    summary = targets(res)
+    if summary:
+        out += ["## Targets", "", "| target | measured | verdict |", "| --- | --- | --- |"]
+        out += [f"| {t} | {v} | {ok} |" for t, v, ok in summary] + [""]
     for mix, m in res["mixes"].items():
         lim = m["limits"]
 
