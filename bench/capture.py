@@ -105,6 +105,14 @@ class BridgeProc:
             return None
         return None
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the process (all its threads) so far; None once it has exited."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
     def check(self) -> None:
         if not self.alive():
             raise RuntimeError(f"{self.command} exited with {self.proc.returncode}:\n{self.log_tail()}")
@@ -174,7 +182,8 @@ def capture_run(source_dsn: str, bootstrap: str, workdir: Path, *, base_slot: st
                 wrap: list[str] | None = None) -> dict[str, Any]:
     """Run the producer (`capture: mode`, `ack: kafka`) on a copy of `base_slot` until every record
     of the backlog is in its topic. Returns {"mode", "prefix", "records", "seconds", "rate",
-    "stream_seconds", "stream_rate", "peak_rss_mib", "load"}; raises RuntimeError if the producer
+    "stream_seconds", "stream_rate", "peak_rss_mib", "cpu_us_per_change" (the producer's CPU time, start-up
+    included, per change), "cpu_share" (of one core over the run), "load"}; raises RuntimeError if the producer
     dies or times out. The topics (prefix `prefix`) are left for the sink benchmark."""
     prefix = prefix or f"bc{mode}{uuid.uuid4().hex[:6]}"
     slot = f"{base_slot}_{mode}_{uuid.uuid4().hex[:6]}"
@@ -200,6 +209,7 @@ def capture_run(source_dsn: str, bootstrap: str, workdir: Path, *, base_slot: st
             time.sleep(0.1)
         secs = now - proc.started
         rss = proc.peak_rss_mib()
+        cpu = proc.cpu_seconds()
         if n > want:
             log.warning("capture %s: %s records in the topic, expected %s", mode, n, want)
     finally:
@@ -210,6 +220,8 @@ def capture_run(source_dsn: str, bootstrap: str, workdir: Path, *, base_slot: st
     res = {"mode": mode, "prefix": prefix, "records": want, "changes": counts.changes, "seconds": secs,
            "rate": counts.changes / secs, "stream_seconds": now - first,
            "stream_rate": counts.changes / max(now - first, 1e-9), "peak_rss_mib": rss,
+           "cpu_us_per_change": None if cpu is None else cpu * 1e6 / counts.changes,
+           "cpu_share": None if cpu is None else cpu / secs,
            "load": os.getloadavg()[0]}
     log.info("capture %s: %s changes in %.1fs (%.0f/s; %.0f/s from the first record), peak RSS %.0f MiB",
              mode, counts.changes, secs, res["rate"], res["stream_rate"], rss or 0)
