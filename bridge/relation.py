@@ -30,6 +30,9 @@ class Column:
     scale: int | None = None
     length: int | None = None  # varchar(n), char(n), bit(n)
     type_oid: int = 0
+    # The value (as text) that rows which existed before an `ADD COLUMN … DEFAULT` read for this
+    # column without any WAL saying so (`pg_attribute.attmissingval`); None when there is none.
+    missing: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@ Called once per table version (by `TableCodec`, and by the sink for every new sc
 nothing here is on a hot path. The mapping follows docs/internals.md ("Value forms", "Schemas").
 Every column property the sink needs to rebuild the table travels in the field: `pg.name`,
 `pg.type` (`format_type` text), `pg.not_null`, `pg.base`, `pg.kind`, `pg.ndims`, and when set
-`pg.precision`, `pg.scale`, `pg.length`, `pg.type_oid`.
+`pg.precision`, `pg.scale`, `pg.length`, `pg.type_oid`, and `pg.missing` (the value rows older
+than an `ADD COLUMN … DEFAULT` have, as text).
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def _field(col: Column, avro: str, *, nullable: bool) -> dict[str, Any]:
             f[prop] = v
     if col.type_oid:
         f["pg.type_oid"] = col.type_oid
+    if nullable and col.missing is not None:
+        f["pg.missing"] = col.missing
     return f
 
 
@@ -153,7 +156,7 @@ def column_from_field(f: dict[str, Any]) -> Column:
         return Column(name=f["pg.name"], type_name=f["pg.type"], base=f["pg.base"], kind=f.get("pg.kind", "b"),
                       ndims=int(f.get("pg.ndims", 0)), not_null=bool(f.get("pg.not_null", False)),
                       precision=f.get("pg.precision"), scale=f.get("pg.scale"), length=f.get("pg.length"),
-                      type_oid=int(f.get("pg.type_oid", 0)))
+                      type_oid=int(f.get("pg.type_oid", 0)), missing=f.get("pg.missing"))
     except KeyError as exc:
         raise SchemaError(f"field lacks the property {exc.args[0]}", column=f.get("name")) from exc
 

@@ -90,6 +90,17 @@ def _t(type_sql: str) -> str:
     return type_sql.replace("%", "%%")
 
 
+def _default(conn: psycopg.Connection[Any], col: Column, type_sql: str) -> str:
+    """` DEFAULT '<value>'::<type>` for a column whose older source rows read a value no WAL
+    carried (`Column.missing`, after `ADD COLUMN … DEFAULT`), else "". The target keeps it as the
+    column's default, so rows applied later from records written before the column existed (other
+    partitions may still hold some) get it too, as in the source. `%` doubled, as in `_t`."""
+    if col.missing is None:
+        return ""
+    literal = psycopg.sql.Literal(col.missing).as_string(conn).replace("%", "%%")
+    return f" DEFAULT {literal}::{_t(type_sql)}"
+
+
 def _numeric_mod(typmod: int) -> tuple[int, int] | None:
     if typmod < 4:
         return None
@@ -227,7 +238,7 @@ class TargetTables:
         oid = row[0] if row else None
         desired = self._desired_types(conn, relation)
         if oid is None:
-            defs = [f"{qi(c.name)} {_t(t)}" for c, t in zip(relation.columns, desired, strict=True)]
+            defs = [f"{qi(c.name)} {_t(t)}{_default(conn, c, t)}" for c, t in zip(relation.columns, desired, strict=True)]
             if relation.primary_key:
                 defs.append(f"PRIMARY KEY ({', '.join(qi(k) for k in relation.primary_key)})")
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(schema)}", ())
@@ -240,7 +251,7 @@ class TargetTables:
         for col, want in zip(relation.columns, desired, strict=True):
             have = cols.get(col.name)
             if have is None:
-                conn.execute(f"ALTER TABLE {target} ADD COLUMN {qi(col.name)} {_t(want)}", ())
+                conn.execute(f"ALTER TABLE {target} ADD COLUMN {qi(col.name)} {_t(want)}{_default(conn, col, want)}", ())
                 log.info("added column %s to target table %s", col.name, relation.qualified)
                 changed = True
                 continue

@@ -29,14 +29,14 @@ _NOT_ARRAYS = "('int2vector', 'oidvector')"
 _RESOLVE = f"""
 , resolved AS (
   SELECT ord, name, type_name, type_oid, ndims, not_null, type_oid AS cur, typmod, 0 AS depth,
-         false AS is_array
+         false AS is_array, missing
     FROM input
   UNION ALL
   SELECT r.ord, r.name, r.type_name, r.type_oid, r.ndims, r.not_null,
          CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END,
          CASE WHEN t.typtype = 'd' AND r.typmod = -1 THEN t.typtypmod ELSE r.typmod END,
          r.depth + 1,
-         r.is_array OR t.typtype <> 'd'
+         r.is_array OR t.typtype <> 'd', r.missing
     FROM resolved r JOIN pg_catalog.pg_type t ON t.oid = r.cur
    WHERE r.depth < 16
      AND (t.typtype = 'd'
@@ -45,7 +45,7 @@ _RESOLVE = f"""
 )
 SELECT DISTINCT ON (r.ord)
        r.name, r.type_name, r.type_oid, r.ndims, r.not_null, r.typmod, r.is_array,
-       coalesce(t.typname, 'unknown'), coalesce(t.typtype::text, 'b')
+       coalesce(t.typname, 'unknown'), coalesce(t.typtype::text, 'b'), r.missing
   FROM resolved r LEFT JOIN pg_catalog.pg_type t ON t.oid = r.cur
  ORDER BY r.ord, r.depth DESC
 """
@@ -56,7 +56,9 @@ WITH RECURSIVE input AS (
   SELECT a.attnum::int AS ord, a.attname::text AS name,
          pg_catalog.format_type(a.atttypid, a.atttypmod) AS type_name,
          a.atttypid AS type_oid, a.atttypmod AS typmod, a.attndims::int AS ndims,
-         a.attnotnull AS not_null
+         a.attnotnull AS not_null,
+         -- what rows older than an ADD COLUMN ... DEFAULT read (no WAL carries it): as text
+         CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END AS missing
     FROM pg_catalog.pg_attribute a
    WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
 )"""
@@ -68,7 +70,7 @@ _TYPES_SQL = (
 WITH RECURSIVE input AS (
   SELECT u.ord::int AS ord, u.name, u.type_name,
          coalesce(pg_catalog.to_regtype(u.type_name)::oid, 0::oid) AS type_oid,
-         -1 AS typmod, 0 AS ndims, false AS not_null
+         -1 AS typmod, 0 AS ndims, false AS not_null, NULL::text AS missing
     FROM unnest(%(names)s::text[], %(types)s::text[]) WITH ORDINALITY AS u(name, type_name, ord)
 )"""
     + _RESOLVE
@@ -105,7 +107,7 @@ def _modifiers(base: str, typmod: int) -> tuple[int | None, int | None, int | No
 
 
 def _column(row: tuple[Any, ...]) -> Column:
-    name, type_name, type_oid, ndims, not_null, typmod, is_array, base, kind = row
+    name, type_name, type_oid, ndims, not_null, typmod, is_array, base, kind, missing = row
     precision, scale, length = _modifiers(base, typmod)
     return Column(
         name=name,
@@ -118,6 +120,7 @@ def _column(row: tuple[Any, ...]) -> Column:
         scale=scale,
         length=length,
         type_oid=int(type_oid),
+        missing=missing,
     )
 
 

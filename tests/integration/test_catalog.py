@@ -225,3 +225,16 @@ def test_change_decoder_decodes_changes_of_a_dropped_table_from_the_line(
     rel, op, _, after, _ = ChangeDecoder(Catalog(conn)).decode(line)
     assert (op, after) == (Op.INSERT, (1, 1, "x"))
     assert [c.base for c in rel.columns] == ["int4", "date", "unknown"]
+
+
+def test_missing_values_of_columns_added_with_a_default(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Rows older than ADD COLUMN ... DEFAULT read a value no WAL carries: the catalog reports it."""
+    conn.execute("CREATE TABLE m (id int PRIMARY KEY)")
+    conn.execute("INSERT INTO m VALUES (1)")
+    conn.execute("ALTER TABLE m ADD COLUMN flag integer NOT NULL DEFAULT 7, ADD COLUMN t text DEFAULT 'it''s, {x}',"
+                 " ADD COLUMN arr int[] DEFAULT '{1,2}', ADD COLUMN plain text")
+    rel = Catalog(conn).relation("public", "m")
+    assert [c.missing for c in rel.columns] == [None, "7", "it's, {x}", "{1,2}", None]
+    for col in rel.columns[1:4]:  # the text reads back as the value older rows have
+        got = conn.execute(f"SELECT {col.name} = %s::{col.type_name} FROM m WHERE id = 1", (col.missing,)).fetchone()
+        assert got == (True,), col

@@ -90,7 +90,8 @@ def relations(draw: st.DrawFn) -> Relation:
         scale = draw(st.integers(-5, prec)) if prec is not None else None
         cols.append(Column(n, draw(st.text(min_size=1, max_size=30)), base, kind=draw(st.sampled_from("bed")),
                            ndims=draw(st.integers(0, 3)), not_null=draw(st.booleans()), precision=prec, scale=scale,
-                           length=draw(st.none() | st.integers(1, 10485760)), type_oid=draw(st.integers(0, 2**32 - 1))))
+                           length=draw(st.none() | st.integers(1, 10485760)), type_oid=draw(st.integers(0, 2**32 - 1)),
+                           missing=draw(st.none() | st.text(max_size=20))))
     pk = draw(st.lists(st.sampled_from(names), unique=True, max_size=3))
     return Relation(draw(st.text(min_size=1, max_size=10)), draw(st.text(min_size=1, max_size=10)), tuple(cols),
                     tuple(pk), draw(st.sampled_from("dfni")), oid=draw(st.integers(0, 2**32 - 1)),
