@@ -40,6 +40,12 @@ class CodecError(BridgeError):
     """Bytes that are not a record of a known schema (framing, fingerprint, body)."""
 
 
+class ModifierError(CodecError):
+    """A value does not fit its column's declared modifiers (`varchar(n)` length, `numeric(p,s)`
+    precision or scale): the table's type changed by a DDL that test_decoding's lines do not show
+    (they print types without modifiers). The producer re-reads the table from the catalog."""
+
+
 class SourceError(BridgeError):
     """The source PostgreSQL or its slot is not usable (wal_level, plugin, privilege, lost WAL ...)."""
 

@@ -17,7 +17,7 @@ from bridge.codec.encoder import VARINT, compile_writer, zigzag_long
 from bridge.codec.names import topic_name
 from bridge.codec.schemas import key_schema, relation_from_schema, row_record, value_schema
 from bridge.codec.store import Schema, SchemaStore
-from bridge.errors import CodecError
+from bridge.errors import CodecError, ModifierError
 from bridge.events import ChangeEvent, Op, Position, Row
 from bridge.lsn import Lsn
 from bridge.relation import Relation
@@ -105,6 +105,9 @@ class TableCodec:
         pk = self._pk_of(row)
         try:
             return self._key_write(pk)
+        except ModifierError as exc:
+            exc.context.setdefault("table", self.relation.qualified)
+            raise
         except Exception as exc:
             raise self._error(exc, pk, self.relation.primary_key, "key") from exc
 
@@ -131,11 +134,18 @@ class TableCodec:
         except Exception as exc:
             self._stamp = None
             position = f"{Lsn(stamp.commit_lsn) if 0 <= stamp.commit_lsn < 1 << 64 else stamp.commit_lsn}#{seq}"
+            found: dict[str, Any] = {"table": self.relation.qualified, "position": position}
             for row in (before, after):
                 if row is not None:
-                    found = self._error(exc, row, self.relation.column_names, "row", position=position)
-                    if "column" in found.context:
-                        raise found from exc
+                    err = self._error(exc, row, self.relation.column_names, "row", position=position)
+                    if "column" in err.context:
+                        found = err.context
+                        if not isinstance(exc, ModifierError):
+                            raise err from exc
+                        break
+            if isinstance(exc, ModifierError):  # the producer re-reads the table and tries again
+                exc.context.update({k: v for k, v in found.items() if k not in exc.context})
+                raise
             raise CodecError(f"envelope cannot be encoded: {exc!r}", table=self.relation.qualified,
                              position=position) from exc
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from itertools import count
 from typing import Any
 
-from bridge.errors import CodecError
+from bridge.errors import CodecError, ModifierError
 
 _TABLE_SIZE = 1 << 14  # zig-zag values below this (two varint bytes) come from the table
 
@@ -81,14 +81,21 @@ def zigzag_long(v: int) -> bytes:
 _DEC_CTX = decimal.Context(prec=2000, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
 
-def decimal_unscaled(v: decimal.Decimal, scale: int) -> bytes:
+def decimal_unscaled(v: decimal.Decimal, scale: int, limit: int = 0) -> bytes:
     """Two's-complement big-endian bytes of the unscaled value, sized as fastavro sizes them.
 
-    Raises `CodecError` when the value has more fractional digits than the scale allows."""
+    Raises `ModifierError` when the value has more fractional digits than the scale allows, or
+    (with `limit` = 10**precision) more digits than the precision allows."""
     n, d = v.scaleb(scale, _DEC_CTX).as_integer_ratio()
     if d != 1:
-        raise CodecError("decimal has more fractional digits than the schema's scale", value=str(v), scale=scale)
+        raise ModifierError("decimal has more fractional digits than the schema's scale", value=str(v), scale=scale)
+    if limit and not -limit < n < limit:
+        raise ModifierError("decimal has more digits than the schema's precision", value=str(v), scale=scale)
     return n.to_bytes((abs(n).bit_length() + 8) >> 3, "big", signed=True)
+
+
+def _too_long(column: str, length: int, v: str) -> ModifierError:
+    return ModifierError(f"value longer than the column's length {length}", column=column, length=len(v))
 
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -102,7 +109,7 @@ class _Gen:
         self.consts: dict[str, Any] = {
             "T": VARINT, "C": _CHUNK, "_tail": _tail, "_bigl": _big_long, "_bigi": _big_int,
             "_pf": struct.Struct("<f").pack, "_pd": struct.Struct("<d").pack,
-            "_dec": decimal_unscaled, "_str": str, "CodecError": CodecError,
+            "_dec": decimal_unscaled, "_str": str, "CodecError": CodecError, "_long": _too_long,
         }
         self.named: dict[str, tuple[Any, str]] = {}
         self._ids = count()
@@ -185,7 +192,8 @@ class _Gen:
         elif kind == "bytes":
             if isinstance(t, dict) and t.get("logicalType") == "decimal":
                 s = self.var("s")
-                L(f"{ind}{s} = _dec({v}, {int(t.get('scale', 0))})")
+                limit = 10 ** int(t["precision"]) if t.get("precision") else 0
+                L(f"{ind}{s} = _dec({v}, {int(t.get('scale', 0))}, {limit})")
                 self.emit_bytes(s, ind)
             else:
                 self.emit_bytes(v, ind)
@@ -219,6 +227,11 @@ class _Gen:
             elif names:
                 L(f"{ind}{', '.join(names)} = {v}")
             for f, name in zip(fields, names, strict=True):
+                length = f.get("pg.length")
+                if length and f.get("pg.base") in ("varchar", "bpchar") and not f.get("pg.ndims"):
+                    # varchar(n) / char(n): a longer value means a widening the lines did not show
+                    L(f"{ind}if {name} is not None and len({name}) > {int(length)}:")
+                    L(f"{ind}    raise _long({f.get('pg.name', f['name'])!r}, {int(length)}, {name})")
                 self.emit(f["type"], name, ind, ns)
         else:
             raise CodecError("unsupported Avro type", type=str(kind))

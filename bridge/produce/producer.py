@@ -27,7 +27,7 @@ from bridge import metrics
 from bridge.ack.channel import AckReader
 from bridge.ack.watermark import InFlight, Ledger
 from bridge.codec.codec import Stamp
-from bridge.errors import BridgeError, DecodeError, ProduceError
+from bridge.errors import BridgeError, DecodeError, ModifierError, ProduceError
 from bridge.events import Op, Position, Row
 from bridge.lsn import Lsn
 from bridge.produce.resnapshot import SNAPSHOT_MESSAGE, Resnapshotter
@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 class ChangeDecoderLike(Protocol):
     def decode(self, change: ChangeLine) -> tuple[Relation, Op, Any, Any, tuple[str, ...]]: ...
+
+    def redecode(self, change: ChangeLine, *, from_line: bool = False
+                 ) -> tuple[Relation, Op, Any, Any, tuple[str, ...]]: ...
 
 
 class TableCodecLike(Protocol):
@@ -509,7 +512,22 @@ class ChangeProducer:
         metrics.SNAPSHOT_ROWS.labels(relation.qualified).inc(len(rows))
 
     def _change(self, batch: _Batch, change: ChangeLine, seq: int) -> None:
-        relation, op, before, after, unchanged = self.decoder.decode(change)
+        try:
+            self._emit(batch, seq, self.decoder.decode(change))
+        except ModifierError as exc:
+            # A value longer or more precise than the relation allows: the column was widened
+            # by a DDL the lines do not show. Re-read the table (nothing of this change was sent).
+            log.info("%s; re-reading %s.%s from the catalog", exc, change.schema, change.table)
+            try:
+                self._emit(batch, seq, self.decoder.redecode(change))
+            except ModifierError:
+                self._emit(batch, seq, self.decoder.redecode(change, from_line=True))
+
+    def _emit(self, batch: _Batch, seq: int, decoded: tuple[Relation, Op, Row | None, Row | None, tuple[str, ...]]
+              ) -> None:
+        """Encode one decoded change's records, then send them (all encoded before any is sent,
+        so an encoding error leaves nothing half-sent)."""
+        relation, op, before, after, unchanged = decoded
         if self.resnapshot is not None:
             self.resnapshot.observe(relation, before, after)
         out = self._outs.get(id(relation))
@@ -518,8 +536,8 @@ class ChangeProducer:
         codec = out.codec
         key = codec.key(after if after is not None else before)
         partition = partition_for(key, out.partitions)
-        out.captured[op] += 1
-        headers = batch.headers(seq)
+        captured = op
+        gone: tuple[int, bytes | None, bytes] | None = None
         if op is Op.UPDATE and before is not None and after is not None and relation.primary_key:
             old_key = codec.key(before)
             old_partition = partition_for(old_key, out.partitions)
@@ -527,13 +545,16 @@ class ChangeProducer:
                 # A primary-key change across partitions: the old key's earlier changes are in
                 # its own partition, so its end must be there too, in order — a delete of the old
                 # key there and a create of the new key here (same position, one per partition).
-                gone = codec.envelope(before, None, Op.DELETE, seq, batch.stamp)
-                self._send(batch, out, old_partition, old_key, gone, headers, seq)
-                if self.s.tombstones:
-                    self._send(batch, out, old_partition, old_key, None, headers, seq)
+                gone = (old_partition, old_key, codec.envelope(before, None, Op.DELETE, seq, batch.stamp))
                 op, before = Op.INSERT, None
-        self._send(batch, out, partition, key, codec.envelope(before, after, op, seq, batch.stamp, unchanged),
-                   headers, seq)
+        value = codec.envelope(before, after, op, seq, batch.stamp, unchanged)
+        out.captured[captured] += 1
+        headers = batch.headers(seq)
+        if gone is not None:
+            self._send(batch, out, gone[0], gone[1], gone[2], headers, seq)
+            if self.s.tombstones:
+                self._send(batch, out, gone[0], gone[1], None, headers, seq)
+        self._send(batch, out, partition, key, value, headers, seq)
         if op is Op.DELETE and self.s.tombstones and key is not None:
             self._send(batch, out, partition, key, None, headers, seq)
 

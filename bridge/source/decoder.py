@@ -186,6 +186,30 @@ class ChangeDecoder:
         op, before, after, unchanged = dec.decode(change)
         return dec.relation, op, before, after, unchanged
 
+    def redecode(self, change: ChangeLine, *, from_line: bool = False
+                 ) -> tuple[Relation, Op, Row | None, Row | None, tuple[str, ...]]:
+        """Decode `change` again after its values did not fit the relation's type modifiers (a
+        `ModifierError` from the encoder: a `varchar(n)` or `numeric(p,s)` change that the lines,
+        which print types without modifiers, do not show). The table is re-read from the catalog
+        (a new version when it changed). With `from_line` — the last resort, when the catalog is
+        no wider because the column was narrowed again since — the relation is built from the
+        line's own type names, which carry no modifiers, so no value is too long for it."""
+        schema, table = change.schema, change.table
+        dec: RowDecoder | None = None
+        if not from_line:
+            try:
+                dec = RowDecoder(self._catalog.refresh(schema, table))
+            except SchemaError:
+                dec = None
+        if dec is None or not dec.matches(change):
+            tup = change.new if change.new is not None else change.old
+            if tup is None:
+                raise DecodeError("change without tuple data", table=f"{schema}.{table}")
+            dec = RowDecoder(self._catalog.relation_from_line(schema, table, tup.names, tup.types))
+        self._decoders[(schema, table)] = dec
+        op, before, after, unchanged = dec.decode(change)
+        return dec.relation, op, before, after, unchanged
+
     def forget(self, schema: str, table: str) -> None:
         """Drop the cached decoder and relation of a table (e.g. after it was dropped)."""
         self._decoders.pop((schema, table), None)

@@ -230,3 +230,29 @@ def test_decode_rejects_a_damaged_body_after_a_cached_source() -> None:
         with pytest.raises(CodecError):
             dec.decode(bad)
     assert dec.decode(codec.envelope(None, ROW, Op.INSERT, 2, stamp)).position.seq == 2
+
+
+def test_values_wider_than_the_declared_modifiers_raise_modifier_errors() -> None:
+    """A varchar(n) value longer than n, or a numeric(p,s) value with more digits than p or s,
+    means the column was widened by a DDL the lines do not show: `ModifierError` names the column."""
+    from bridge.codec import Stamp
+    from bridge.errors import ModifierError
+
+    rel = Relation("public", "m", (
+        Column("id", "integer", "int4", not_null=True),
+        Column("code", "character varying(3)", "varchar", length=3),
+        Column("amt", "numeric(5,2)", "numeric", precision=5, scale=2),
+    ), ("id",), version=1)
+    codec = TableCodec(rel, MemorySchemaStore(), db="shop", topic_prefix="bridge")
+    stamp = Stamp(1, 1, None, False, 0)
+    assert codec.envelope(None, (1, "abc", Decimal("999.99")), Op.INSERT, 0, stamp)
+    cases = [((1, "abcd", Decimal("1.00")), "code"), ((1, "a", Decimal("1000.00")), "amt"),
+             ((1, "a", Decimal("1.001")), "amt")]
+    for row, column in cases:
+        with pytest.raises(ModifierError) as info:
+            codec.envelope(None, row, Op.INSERT, 0, stamp)
+        assert info.value.context["column"] == column and info.value.context["table"] == "public.m"
+    key_rel = Relation("public", "k", (Column("code", "character varying(3)", "varchar", not_null=True, length=3),),
+                       ("code",), version=1)
+    with pytest.raises(ModifierError):
+        TableCodec(key_rel, MemorySchemaStore(), db="shop", topic_prefix="bridge").key(("abcd",))
