@@ -343,24 +343,19 @@ def _build_waiting(cfg: Config, build: Callable[[Config], tuple[Any, Callable[[]
                    wait_s: float = 120.0) -> tuple[Any, Callable[[], None]]:
     """`build(cfg)`, waiting up to `wait_s` while PostgreSQL cannot be reached (a restart in
     progress). Every other error — wrong settings, missing privileges — is raised at once."""
+    from bridge.retry import retry_while
+
+    return retry_while(lambda: build(cfg), _unreachable, stop, "PostgreSQL (at start)", wait_s=wait_s)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A connect failure from a PostgreSQL that is restarting. libpq reports those without a
+    SQLSTATE, so a restart is told from a mistake by the message's text."""
     import psycopg
 
-    deadline = time.monotonic() + wait_s
-    delay = 0.5
-    while True:
-        try:
-            return build(cfg)
-        except BridgeError as exc:
-            cause = exc.__cause__
-            text = str(cause or "")
-            # libpq reports connect failures without a SQLSTATE: tell a restart from a mistake by text
-            transient = isinstance(cause, psycopg.OperationalError) and any(
-                m in text for m in _TRANSIENT_CONNECT)
-            if not transient or time.monotonic() > deadline or stop.is_set():
-                raise
-            log.warning("PostgreSQL unreachable at start (%s); retrying in %.1fs", exc, delay)
-            stop.wait(delay)
-            delay = min(delay * 2, 10.0)
+    cause = exc.__cause__
+    return (isinstance(exc, BridgeError) and isinstance(cause, psycopg.OperationalError)
+            and any(m in str(cause) for m in _TRANSIENT_CONNECT))
 
 
 def cmd_produce(args: argparse.Namespace) -> int:

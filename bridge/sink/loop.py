@@ -32,6 +32,7 @@ from bridge import metrics
 from bridge.ack.channel import Ack, AckPublisher
 from bridge.errors import BridgeError, CodecError, SinkError
 from bridge.events import Op, Position
+from bridge.retry import retry_while
 from bridge.sink.deadletter import DeadLetters
 from bridge.sink.truncate import TruncateBarrier
 
@@ -53,6 +54,12 @@ class ApplierLike(Protocol):
 
     @property
     def conn(self) -> psycopg.Connection[Any]: ...
+
+
+def _broker_transient(exc: BaseException) -> bool:
+    """A broker call that failed because the broker is away or its coordinator is moving."""
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(err, KafkaError) and (err.retriable() or err.code() in _KAFKA_TRANSIENT)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -329,31 +336,11 @@ class SinkLoop:
     def _kafka_retry(self, fn: Callable[[], Any]) -> Any:
         """Run a broker call; while the broker is away (restart, coordinator moving), wait and try
         again. Errors that will not pass (e.g. the group rebalanced) are raised."""
-        delay = 0.5
-        while True:
-            try:
-                return fn()
-            except KafkaException as exc:
-                err = exc.args[0] if exc.args else None
-                retriable = isinstance(err, KafkaError) and (err.retriable() or err.code() in _KAFKA_TRANSIENT)
-                if not retriable or self.stop.is_set():
-                    raise
-                log.warning("broker unavailable (%s); retrying in %.1fs", err, delay)
-                self.stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+        return retry_while(fn, _broker_transient, self.stop, "broker")
 
     def _with_retry(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` against the target; while the target is unreachable, wait and try again."""
-        delay = 0.5
-        while True:
-            try:
-                return fn()
-            except Exception as exc:
-                if not _retryable(exc) or self.stop.is_set():
-                    raise
-                log.warning("target unavailable (%s); retrying in %.1fs", exc, delay)
-                self.stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+        return retry_while(fn, _retryable, self.stop, "target")
 
     def commit(self, retry: bool = True) -> None:
         """Commit the batch: apply → dead letters → offsets → acks (see module docstring).
