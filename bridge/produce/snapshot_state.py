@@ -12,6 +12,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from bridge.errors import ProduceError
+from bridge.produce.topics import position_from_headers, read_to_end, watermarks
 from bridge.source.snapshot import SnapshotState
 
 KEY = b"state"
@@ -35,19 +36,12 @@ class SnapshotStateStore:
             lo, hi = consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=timeout)
             if hi <= lo:
                 return None
-            consumer.assign([TopicPartition(self.topic, 0, lo)])
             last: bytes | None = None
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                for msg in consumer.consume(1000, 1.0):
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            return SnapshotState.from_json(json.loads(last)) if last else None
-                        raise ProduceError(f"reading snapshot state: {err}", topic=self.topic)
-                    if msg.key() == KEY and msg.value():
-                        last = msg.value()
-            raise ProduceError("timed out reading snapshot state", topic=self.topic)
+            for msg in read_to_end(consumer, [TopicPartition(self.topic, 0, lo)], time.monotonic() + timeout,
+                                   "reading snapshot state"):
+                if msg.key() == KEY and msg.value():
+                    last = msg.value()
+            return SnapshotState.from_json(json.loads(last)) if last else None
         finally:
             consumer.close()
 
@@ -74,40 +68,25 @@ def delivered_after(bootstrap: str, extra: dict[str, Any] | None, topic: str, pa
     save, so the last `scan` (= chunk rows) records of each partition hold all of them.
     Raises ProduceError when the partitions cannot be read.
     """
-    from bridge.produce.topics import position_from_headers
-
     conf = {"bootstrap.servers": bootstrap, "group.id": "bridge.snapshot-resume", "enable.auto.commit": False,
             "enable.partition.eof": True, **(extra or {})}
     consumer = Consumer(conf)
     keys: set[bytes] = set()
     top = from_seq - 1
+    deadline = time.monotonic() + timeout
     try:
         assign: list[TopicPartition] = []
         for p in range(partitions):
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            lo, hi = watermarks(consumer, topic, p, deadline)
             if hi > lo:
                 assign.append(TopicPartition(topic, p, max(lo, hi - scan)))
-        if not assign:
-            return keys, top
-        consumer.assign(assign)
-        pending = {tp.partition for tp in assign}
-        deadline = time.monotonic() + timeout
-        while pending:
-            if time.monotonic() > deadline:
-                raise ProduceError("timed out reading the interrupted snapshot chunk", topic=topic)
-            for msg in consumer.consume(1000, 1.0):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition() or 0)
-                        continue
-                    raise ProduceError(f"reading the interrupted snapshot chunk: {err}", topic=topic)
-                pos = position_from_headers(msg.headers())
-                key = msg.key()
-                if pos is not None and pos.commit_lsn.value == consistent_point and pos.seq >= from_seq:
-                    top = max(top, pos.seq)
-                    if key is not None:
-                        keys.add(key)
+        for msg in read_to_end(consumer, assign, deadline, "reading the interrupted snapshot chunk"):
+            pos = position_from_headers(msg.headers())
+            key = msg.key()
+            if pos is not None and pos.commit_lsn.value == consistent_point and pos.seq >= from_seq:
+                top = max(top, pos.seq)
+                if key is not None:
+                    keys.add(key)
     finally:
         consumer.close()
     return keys, top

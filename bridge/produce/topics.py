@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bridge.errors import ProduceError
@@ -136,66 +137,30 @@ class TailReader:
     def tails_with_kind(self, topic: str, partitions: int, timeout: float = 30.0) -> dict[int, Tail]:
         """The last record of each non-empty partition (position and tombstone or not)."""
         result: dict[int, Tail] = {}
-        assign: list[TopicPartition] = []
         deadline = time.monotonic() + timeout
+        assign: list[TopicPartition] = []
         for p in range(partitions):
-            lo, hi = self._watermarks(topic, p, deadline)
+            lo, hi = watermarks(self._consumer, topic, p, deadline)
             if hi > lo:
                 assign.append(TopicPartition(topic, p, hi - 1))
-        if not assign:
-            return result
-        self._consumer.assign(assign)
-        pending = {tp.partition for tp in assign}
+        # Read on to the end of each partition rather than trusting `hi - 1` to be the last
+        # record: Tansu reports the high watermark as the last *batch's* base offset + 1, so the
+        # record at `hi - 1` may be the first of a batch of thousands (and a restarted producer
+        # would then repeat the rest of that batch).
         last_offset: dict[int, int] = {}
-        try:
-            # Read on to the end of each partition rather than trusting `hi - 1` to be the last
-            # record: Tansu reports the high watermark as the last *batch's* base offset + 1, so
-            # the record at `hi - 1` may be the first of a batch of thousands (and a restarted
-            # producer would then repeat the rest of that batch).
-            while pending:
-                if time.monotonic() > deadline:
-                    raise ProduceError("could not read the last record of partitions", topic=topic,
-                                       partitions=sorted(pending))
-                for msg in self._consumer.consume(10_000, 1.0):
-                    err = msg.error()
-                    p = msg.partition() or 0
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            pending.discard(p)
-                            continue
-                        raise ProduceError(f"reading tail: {err}", topic=topic, partition=p)
-                    offset = msg.offset() or 0
-                    if offset < last_offset.get(p, -1):
-                        continue
-                    last_offset[p] = offset
-                    pos = position_from_headers(msg.headers())
-                    if pos is None:
-                        log.warning("last record of %s/%d carries no bridge position headers", topic, p,
-                                    extra={"topic": topic, "partition": p, "offset": offset})
-                        result.pop(p, None)
-                    else:
-                        result[p] = Tail(pos, msg.value() is None)
-        finally:
-            self._consumer.unassign()
+        for msg in read_to_end(self._consumer, assign, deadline, "reading the last record of partitions"):
+            p, offset = msg.partition() or 0, msg.offset() or 0
+            if offset < last_offset.get(p, -1):
+                continue
+            last_offset[p] = offset
+            pos = position_from_headers(msg.headers())
+            if pos is None:
+                log.warning("last record of %s/%d carries no bridge position headers", topic, p,
+                            extra={"topic": topic, "partition": p, "offset": offset})
+                result.pop(p, None)
+            else:
+                result[p] = Tail(pos, msg.value() is None)
         return result
-
-    def _watermarks(self, topic: str, partition: int, deadline: float) -> tuple[int, int]:
-        """(low, high) of a partition, retried while its leader is not ready (a topic just
-        created: Apache Kafka answers NOT_LEADER_FOR_PARTITION for a moment)."""
-        while True:
-            try:
-                lo, hi = self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=max(1.0, deadline - time.monotonic()))
-                return int(lo), int(hi)
-            except KafkaException as exc:
-                err = exc.args[0]
-                retry = err.retriable() or err.code() in _LEADER_NOT_READY
-                if not retry or time.monotonic() > deadline:
-                    raise ProduceError(f"cannot read the partition's offsets: {err}", topic=topic,
-                                       partition=partition) from exc
-                log.info("partition %s/%d not ready (%s): retrying", topic, partition, err.str(),
-                         extra={"topic": topic, "partition": partition})
-                time.sleep(0.2)
 
     def close(self) -> None:
         self._consumer.close()
@@ -203,3 +168,48 @@ class TailReader:
 
 _LEADER_NOT_READY = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
                                KafkaError.UNKNOWN_TOPIC_OR_PART})
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int, deadline: float) -> tuple[int, int]:
+    """(low, high) of a partition, retried while its leader is not ready (a topic just created:
+    Apache Kafka answers NOT_LEADER_FOR_PARTITION for a moment)."""
+    while True:
+        try:
+            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                    timeout=max(1.0, deadline - time.monotonic()))
+            return int(lo), int(hi)
+        except KafkaException as exc:
+            err = exc.args[0]
+            retry = err.retriable() or err.code() in _LEADER_NOT_READY
+            if not retry or time.monotonic() > deadline:
+                raise ProduceError(f"cannot read the partition's offsets: {err}", topic=topic,
+                                   partition=partition) from exc
+            log.info("partition %s/%d not ready (%s): retrying", topic, partition, err.str(),
+                     extra={"topic": topic, "partition": partition})
+            time.sleep(0.2)
+
+
+def read_to_end(consumer: Consumer, assign: list[TopicPartition], deadline: float, what: str) -> Iterator[Message]:
+    """The records of `assign` (topic, partition, start offset) up to each partition's end, as
+    its end-of-partition event tells (the consumer needs `enable.partition.eof`; high watermarks
+    are not trusted, see `tails_with_kind`). Unassigns when done. Raises `ProduceError` naming
+    `what` on a consumer error or when `deadline` passes."""
+    if not assign:
+        return
+    topic = assign[0].topic
+    pending = {tp.partition for tp in assign}
+    consumer.assign(assign)
+    try:
+        while pending:
+            if time.monotonic() > deadline:
+                raise ProduceError(f"timed out {what}", topic=topic, partitions=sorted(pending))
+            for msg in consumer.consume(10_000, 1.0):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition() or 0)
+                        continue
+                    raise ProduceError(f"{what}: {err}", topic=topic, partition=msg.partition())
+                yield msg
+    finally:
+        consumer.unassign()
