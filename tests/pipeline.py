@@ -140,13 +140,21 @@ def wait_converged(source_dsn: str, target_dsn: str, tables: dict[str, tuple[Seq
         if not diffs:
             return
         last = diffs
-        for p in procs:
-            if p.proc is not None and p.proc.poll() is not None and p.proc.returncode not in (0, -9):
-                raise AssertionError(f"{p.command} exited {p.proc.returncode}:\n{p.log_tail()}")
+        check_alive(procs)
         if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {p.command} ---\n{p.log_tail()}" for p in procs)
-            raise AssertionError(f"target did not converge: {last}\n{logs}")
+            raise AssertionError(f"target did not converge: {last}\n{logs_of(procs)}")
         time.sleep(0.5)
+
+
+def check_alive(procs: Sequence[BridgeProcess]) -> None:
+    """Fail with its log when a process exited by itself (0 and a SIGKILL by the test are expected)."""
+    for p in procs:
+        if p.proc is not None and p.proc.poll() is not None and p.proc.returncode not in (0, -9):
+            raise AssertionError(f"{p.name} exited {p.proc.returncode}:\n{p.log_tail()}")
+
+
+def logs_of(procs: Sequence[BridgeProcess]) -> str:
+    return "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in procs)
 
 
 def slot_confirmed(dsn: str, slot: str) -> int | None:

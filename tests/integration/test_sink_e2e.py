@@ -29,6 +29,8 @@ from tests.chaos.harness import ChaosWorkload, VersionMonitor
 from tests.conftest import BROKER_KINDS, Broker
 from tests.pipeline import (
     BridgeProcess,
+    check_alive,
+    logs_of,
     table_digest,
     table_rows,
     wait_converged,
@@ -120,12 +122,9 @@ def key_history(bootstrap: str, prefix: str, table: str, key: Any) -> list[str]:
 def wait_for(cond: Any, timeout: float, what: str, procs: list[BridgeProcess] = ()) -> None:  # type: ignore[assignment]
     deadline = time.monotonic() + timeout
     while not cond():
-        for p in procs:
-            if p.proc is not None and p.proc.poll() is not None and p.proc.returncode not in (0, -9):
-                raise AssertionError(f"{p.name} exited {p.proc.returncode}:\n{p.log_tail()}")
+        check_alive(procs)
         if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in procs)
-            raise AssertionError(f"timed out waiting for {what}\n{logs}")
+            raise AssertionError(f"timed out waiting for {what}\n{logs_of(procs)}")
         time.sleep(0.3)
 
 
