@@ -60,13 +60,10 @@ from bench.capture import TARGET_CAPTURE, BridgeProc, capture_run, config_port, 
 from bench.decode import TARGET_PIPELINE, measure_decode
 from bench.limits import DESCRIPTIONS, LIMITS, create_slot, measure_all
 from bench.workload import (
-    _DELETE,
-    _INSERT_SERIES,
-    _UPDATE,
     COLUMNS,
     TABLE,
     MixCounts,
-    _stmt,
+    MixedStatements,
     create_orders,
     mixed_plan,
     write_insert_mix,
@@ -235,7 +232,7 @@ def latency_run(source_dsn: str, target_dsn: str, rate: int, seconds: float, see
     start_id = (existing[-1] + 1) if existing else 1
     n_changes = int(rate * seconds)
     plan = mixed_plan(n_changes, seed=seed, start_id=start_id, existing=existing)
-    ins, upd, dele = _stmt(_INSERT_SERIES, TABLE), _stmt(_UPDATE, TABLE), _stmt(_DELETE, TABLE)
+    stmts = MixedStatements(TABLE)
     hist0 = lag_histogram(sink_port) if sink_port else {}
     poller = TargetPoller(target_dsn)
     poller.start()
@@ -252,13 +249,7 @@ def latency_run(source_dsn: str, target_dsn: str, rate: int, seconds: float, see
             elif now - due > 0.05:
                 late += 1
             with conn.pipeline():
-                conn.execute("BEGIN")
-                conn.execute(ins, {"seed": seed, "lo": tx.first_insert, "hi": tx.last_insert}, prepare=True)
-                if tx.updates:
-                    conn.execute(upd, {"seed": seed, "ids": list(tx.updates)}, prepare=True)
-                if tx.deletes:
-                    conn.execute(dele, {"ids": list(tx.deletes)}, prepare=True)
-                conn.execute("COMMIT")
+                stmts.execute(conn, tx, seed)
             commits.append((time.perf_counter(), tx.last_insert))
             written += tx.changes
         t_end = time.perf_counter()

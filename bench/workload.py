@@ -198,6 +198,24 @@ def mixed_plan(changes: int, *, txn: int = MIXED_TXN, seed: int = 0, start_id: i
         done += size
 
 
+class MixedStatements:
+    """The three prepared statements of a mixed-mix transaction on `table`."""
+
+    def __init__(self, table: str = TABLE) -> None:
+        self.ins, self.upd, self.dele = _stmt(_INSERT_SERIES, table), _stmt(_UPDATE, table), _stmt(_DELETE, table)
+
+    def execute(self, conn: psycopg.Connection[Any], tx: MixedTxn, seed: int) -> None:
+        """One planned transaction, BEGIN to COMMIT (queued: `conn` is in pipeline mode)."""
+        conn.execute("BEGIN")
+        if tx.last_insert >= tx.first_insert:
+            conn.execute(self.ins, {"seed": seed, "lo": tx.first_insert, "hi": tx.last_insert}, prepare=True)
+        if tx.updates:
+            conn.execute(self.upd, {"seed": seed, "ids": list(tx.updates)}, prepare=True)
+        if tx.deletes:
+            conn.execute(self.dele, {"ids": list(tx.deletes)}, prepare=True)
+        conn.execute("COMMIT")
+
+
 def write_mixed_mix(dsn: str, changes: int, *, txn: int = MIXED_TXN, seed: int = 0, start_id: int | None = None,
                     table: str = TABLE) -> MixCounts:
     """Write `changes` row changes as the mixed mix (see `mixed_plan`) in transactions of `txn`.
@@ -207,9 +225,7 @@ def write_mixed_mix(dsn: str, changes: int, *, txn: int = MIXED_TXN, seed: int =
     an `UPDATE … WHERE id = ANY(…)` and a `DELETE … WHERE id = ANY(…)`, sent in pipeline mode.
     """
     t = _table(table)
-    ins = _stmt(_INSERT_SERIES, table)
-    upd = _stmt(_UPDATE, table)
-    dele = _stmt(_DELETE, table)
+    stmts = MixedStatements(table)
     with psycopg.connect(dsn, autocommit=True) as conn:
         existing = [r[0] for r in conn.execute(sql.SQL("SELECT id FROM {} ORDER BY id").format(t))]
         first_id = start_id if start_id is not None else (existing[-1] + 1 if existing else 1)
@@ -217,14 +233,7 @@ def write_mixed_mix(dsn: str, changes: int, *, txn: int = MIXED_TXN, seed: int =
         next_id = first_id
         with conn.pipeline() as pipe:
             for tx in mixed_plan(changes, txn=txn, seed=seed, start_id=first_id, existing=existing):
-                conn.execute("BEGIN")
-                if tx.last_insert >= tx.first_insert:
-                    conn.execute(ins, {"seed": seed, "lo": tx.first_insert, "hi": tx.last_insert}, prepare=True)
-                if tx.updates:
-                    conn.execute(upd, {"seed": seed, "ids": list(tx.updates)}, prepare=True)
-                if tx.deletes:
-                    conn.execute(dele, {"ids": list(tx.deletes)}, prepare=True)
-                conn.execute("COMMIT")
+                stmts.execute(conn, tx, seed)
                 pipe.sync()
                 n_ins += tx.last_insert - tx.first_insert + 1
                 n_upd += len(tx.updates)
