@@ -222,6 +222,7 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
     from bridge.ack.channel import AckPublisher, acks_topic
     from bridge.codec import EnvelopeDecoder
     from bridge.produce.topics import TopicManager
+    from bridge.sink.admit import Admission
     from bridge.sink.apply import Applier
     from bridge.sink.deadletter import DeadLetters
     from bridge.sink.loop import SinkLoop, SinkSettings, kafka_consumer_config
@@ -238,8 +239,8 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
     consumer = Consumer(kafka_consumer_config(cfg.kafka.bootstrap_servers, cfg.sink.group_id, extra))
     side = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "enable.idempotence": True,
                      "acks": "all", "linger.ms": 5, **extra})
-    decoder = EnvelopeDecoder(_schema_store(cfg))
-    applier = Applier(cfg.sink.conninfo(), position_schema=cfg.sink.position_schema)
+    decoder = EnvelopeDecoder(_schema_store(cfg), topic_prefix=cfg.kafka.topic_prefix)
+    applier = Applier(cfg.sink.conninfo(), state_schema=cfg.sink.state_schema)
     loop = SinkLoop(
         consumer=consumer, decode=decoder.decode,
         make_record=lambda t, p, o, c: SinkRecord(t, p, o, c),  # type: ignore[arg-type]
@@ -248,7 +249,8 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
         settings=SinkSettings(topic_prefix=cfg.kafka.topic_prefix, group_id=cfg.sink.group_id,
                               batch_max_rows=cfg.sink.batch_max_rows, batch_max_bytes=cfg.sink.batch_max_bytes,
                               batch_max_ms=cfg.sink.batch_max_ms),
-        barrier=TruncateBarrier(PositionTable(cfg.sink.position_schema)))
+        barrier=TruncateBarrier(PositionTable(cfg.sink.state_schema)),
+        admission=Admission(cfg.kafka.topic_prefix, cfg.sink.state_schema, cfg.sink.tables))
 
     def close() -> None:
         try:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import re
 import types
@@ -49,6 +50,8 @@ GiB = 1 << 30
 
 ENV_PREFIX = "BRIDGE_"
 REDACTED = "***"
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,7 +111,12 @@ class SinkConfig:
     batch_max_bytes: int = 64 * MiB
     batch_max_ms: int = 200
     dead_letter_topic: str = ""  # "" in the dataclass default; `load_config` fills "<prefix>._dlq"
-    position_schema: str = "bridge"
+    # Where the sink keeps its own state (the position table) in the target: a schema no captured
+    # table may map onto (checked at load). The default is unlikely to be a source schema.
+    state_schema: str = "pgbridge_state"
+    position_schema: str | None = None  # deprecated name of state_schema; when set, it wins
+    # The tables this sink may write (schema.table globs); empty: every table whose topic it reads.
+    tables: tuple[str, ...] = ()
 
     def conninfo(self) -> str:
         """The connection string with `password` applied. Raises `ConfigError` when `dsn` is unset."""
@@ -602,6 +610,10 @@ def _build(raw: dict[str, Any], errors: list[str], origin: Mapping[str, str]) ->
     # Invalid values were left out (their defaults are valid), so the cross checks below still
     # report every other problem in the same run.
     config = Config(**top)
+    if config.sink.position_schema is not None:
+        log.warning("sink.position_schema is deprecated: use sink.state_schema")
+        config = dataclasses.replace(config, sink=dataclasses.replace(
+            config.sink, state_schema=config.sink.position_schema, position_schema=None))
     if not config.sink.dead_letter_topic:
         config = dataclasses.replace(
             config, sink=dataclasses.replace(config.sink, dead_letter_topic=f"{config.kafka.topic_prefix}._dlq"))
@@ -658,12 +670,32 @@ def _validate(c: Config, errors: list[str], origin: Mapping[str, str]) -> None:
         err("kafka.config.bootstrap.servers", "set kafka.bootstrap_servers instead")
     if not c.sink.group_id.strip():
         err("sink.group_id", "expected a non-empty consumer group id")
-    if not _IDENT.match(c.sink.position_schema):
-        err("sink.position_schema", f"expected a plain SQL identifier, got {c.sink.position_schema!r}")
+    if not _IDENT.match(c.sink.state_schema):
+        err("sink.state_schema", f"expected a plain SQL identifier, got {c.sink.state_schema!r}")
+    for pattern in c.sink.tables:
+        if not _TABLE_GLOB.match(pattern):
+            err("sink.tables", f"expected schema.table glob patterns like 'public.*', got {pattern!r}")
+    _check_state_schema(c, err)
     if not 0 <= c.metrics.port <= 65535:
         err("metrics.port", f"expected a TCP port 0-65535 (0: any free port), got {c.metrics.port!r}")
     if not c.metrics.host.strip():
         err("metrics.host", "expected an address to listen on, e.g. '0.0.0.0'")
+
+
+def _check_state_schema(c: Config, err: Callable[[str, str], None]) -> None:
+    """Refuse a configuration whose captured tables could land in the sink's state schema: a
+    replicated table there could overwrite the positions, and changes would be skipped as applied."""
+    from bridge.sink.admit import is_system_schema
+    from bridge.tables import TableFilter
+
+    state = c.sink.state_schema
+    if is_system_schema(state):
+        err("sink.state_schema", f"{state!r} is a PostgreSQL system schema; choose another")
+        return
+    if TableFilter(c.source.tables, c.source.exclude).may_match_schema(state):
+        err("source.tables", f"the patterns {list(c.source.tables)} can capture tables of schema {state!r}, where "
+                             f"the sink keeps its state (sink.state_schema); add '{state}.*' to source.exclude "
+                             f"or choose another sink.state_schema")
 
 
 def _check_dsn(path: str, dsn: str, err: Callable[[str, str], None]) -> None:

@@ -46,6 +46,8 @@ SINK_BATCH_ROWS = Histogram("bridge_sink_batch_rows", "Records per sink batch", 
 SINK_BATCH_DURATION = Histogram("bridge_sink_batch_duration_seconds",
                                 "Stage + apply + commit time of one sink batch", buckets=DURATION_BUCKETS)
 DEAD_LETTERS = Counter("bridge_dead_letters_total", "Records sent to the dead-letter topic", ["topic"])
+SCHEMAS_SKIPPED = Counter("bridge_schema_entries_skipped_total",
+                          "Entries of the schema topic skipped as unusable", ["reason"])
 SINK_CONSUMER_LAG = Gauge("bridge_sink_consumer_lag", "Records behind the partition's high watermark",
                           ["topic", "partition"])
 HEARTBEATS = Counter("bridge_heartbeats_total", "Heartbeat messages emitted on the source")

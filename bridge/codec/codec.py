@@ -15,9 +15,10 @@ from typing import Any
 from bridge.codec.decoder import _read_varint, compile_decoder
 from bridge.codec.encoder import VARINT, compile_writer, zigzag_long
 from bridge.codec.names import topic_name
-from bridge.codec.schemas import key_schema, relation_from_schema, row_record, value_schema
+from bridge.codec.schemas import key_schema, row_record, value_schema
 from bridge.codec.store import Schema, SchemaStore
-from bridge.errors import CodecError, ModifierError
+from bridge.codec.validate import relation_from_schema
+from bridge.errors import CodecError, ModifierError, SchemaError
 from bridge.events import ChangeEvent, Op, Position, Row
 from bridge.lsn import Lsn
 from bridge.relation import Relation
@@ -184,6 +185,7 @@ class DecodedChange:
 
 
 _OPS = {op.value: op for op in Op}
+_MAX_REFUSED = 10_000  # refused schemas remembered (then forgotten at once: memory stays bounded)
 _NO_RELATION = Relation("", "", ())  # placeholder for key schemas
 
 
@@ -235,16 +237,32 @@ class EnvelopeDecoder:
     do not decode, and `SchemaError` for a schema that lacks the `pg.*` properties.
     """
 
-    def __init__(self, store: SchemaStore) -> None:
+    def __init__(self, store: SchemaStore, *, topic_prefix: str | None = None) -> None:
         self._store = store
+        self._prefix = topic_prefix
         self._entries: dict[int, _Entry] = {}
+        # schemas refused (by id, with the schema kept so the id stays its own): a flood of
+        # records written with one forged schema validates it once
+        self._refused: dict[int, tuple[Schema, SchemaError]] = {}
         self._lsn = Lsn(0)  # the last commit LSN decoded: a transaction's records share it
 
     def _entry(self, schema: Schema, envelope: bool) -> _Entry:
+        """The readers of `schema`, built once. An envelope schema is validated first
+        (`relation_from_schema`: hostile input); a refused one raises the same `SchemaError`
+        again without new work."""
         e = self._entries.get(id(schema))
         if e is not None and e.schema is schema:
             return e
-        rel = relation_from_schema(schema) if envelope else _NO_RELATION
+        refused = self._refused.get(id(schema))
+        if refused is not None and refused[0] is schema:
+            raise refused[1]
+        try:
+            rel = relation_from_schema(schema, topic_prefix=self._prefix) if envelope else _NO_RELATION
+        except SchemaError as exc:
+            if len(self._refused) >= _MAX_REFUSED:
+                self._refused.clear()
+            self._refused[id(schema)] = (schema, exc)
+            raise
         e = self._entries[id(schema)] = _Entry(schema, rel, compile_decoder(schema))
         return e
 

@@ -145,6 +145,47 @@ def _bad_union(index: int, p: int) -> CodecError:
     return CodecError("union branch index out of range", index=index, offset=p)
 
 
+def _negative_length(p: int) -> CodecError:
+    return CodecError("negative length", offset=p)
+
+
+def _too_big(size: int, limit: int) -> CodecError:
+    return CodecError("decimal larger than its precision allows", size=size, limit=limit)
+
+
+def _bad_count(n: int, left: int) -> CodecError:
+    return CodecError("array block count exceeds the bytes that remain", count=n, remaining=left)
+
+
+def _decimal_bytes(t: dict[str, Any]) -> int:
+    """The most bytes a two's-complement decimal of `t`'s precision needs (10**p < 2**(8n-1))."""
+    p = t.get("precision")
+    if type(p) is not int or not 0 < p <= 1000:
+        raise CodecError("decimal precision must be 1 to 1000", precision=repr(p)[:40])
+    return (int(p * 3.3219280948873626) + 1) // 8 + 2
+
+
+def _min_size(t: Any, names: Any, ns: str, depth: int = 0) -> int:
+    """The fewest bytes one datum of `t` takes (0 for null, empty records and such)."""
+    if depth > 64:
+        raise CodecError("schema nested too deeply")
+    t, ns = names.resolve(t, ns)
+    if isinstance(t, list):
+        return 1
+    kind = t if isinstance(t, str) else t.get("type")
+    if kind == "null":
+        return 0
+    if kind == "float":
+        return 4
+    if kind == "double":
+        return 8
+    if kind == "fixed":
+        return int(t["size"])
+    if kind in ("record", "error"):
+        return sum(_min_size(f["type"], names, ns, depth + 1) for f in t["fields"])
+    return 1
+
+
 class _ReadGen:
     """Emits the statements of one reader function (see `compile_decoder`)."""
 
@@ -157,7 +198,8 @@ class _ReadGen:
         self.lines: list[str] = []
         self.consts: dict[str, Any] = {"_rv": _read_varint, "_bad": _bad_union, "_uf": struct.Struct("<f").unpack_from,
                                        "_ud": struct.Struct("<d").unpack_from, "_D": Decimal, "_ctx": _DEC_CTX,
-                                       "_fb": int.from_bytes, "CodecError": CodecError}
+                                       "_fb": int.from_bytes, "CodecError": CodecError, "_neg": _negative_length,
+                                       "_big": _too_big, "_count": _bad_count}
         self._n = 0
 
     def var(self, stem: str) -> str:
@@ -200,10 +242,17 @@ class _ReadGen:
         elif kind in ("string", "bytes"):
             z = self.varint(ind)
             e = self.var("e")
+            L(f"{ind}if {z} & 1:")
+            L(f"{ind}    raise _neg(p)")
             L(f"{ind}{e} = p + ({z} >> 1)")
             if kind == "string":
                 L(f"{ind}{out} = d[p:{e}].decode()")
             elif logical == "decimal":
+                # bounded by the precision (<= PostgreSQL's 1000 digits): int <-> Decimal
+                # conversions are quadratic in the digits, so an oversized one is refused first
+                limit = _decimal_bytes(t)
+                L(f"{ind}if {e} - p > {limit}:")
+                L(f"{ind}    raise _big({e} - p, {limit})")
                 L(f"{ind}{out} = _D(_fb(d[p:{e}], 'big', signed=True)).scaleb({-int(t.get('scale', 0))}, _ctx)")
             else:
                 L(f"{ind}{out} = d[p:{e}]")
@@ -211,6 +260,8 @@ class _ReadGen:
         elif kind == "enum":
             z = self.varint(ind)
             syms = self.const(tuple(t["symbols"]))
+            L(f"{ind}if {z} & 1:")
+            L(f"{ind}    raise _bad(-1, p)")
             L(f"{ind}{out} = {syms}[{z} >> 1]")
         elif kind == "fixed":
             L(f"{ind}{out} = d[p:p + {int(t['size'])}]")
@@ -227,6 +278,12 @@ class _ReadGen:
             L(f"{ind}    if {n} < 0:")
             L(f"{ind}        {n} = -{n}")
             self.varint(ind + "        ")  # block size in bytes, unused
+            # every item takes at least one byte (checked at compile time): a count larger than
+            # what remains is a lie, refused before anything is allocated for it
+            if _min_size(t["items"], self._names, ns) < 1:
+                raise CodecError("arrays of zero-width items are not supported", type=str(t["items"])[:80])
+            L(f"{ind}    if {n} > len(d) - p:")
+            L(f"{ind}        raise _count({n}, len(d) - p)")
             L(f"{ind}    for _ in range({n}):")
             self.emit(t["items"], x, ind + "        ", ns)
             L(f"{ind}        {out}.append({x})")
@@ -250,6 +307,8 @@ class _ReadGen:
             if has_decimal and resolved[i] == "string":
                 s = self.var("s")
                 self.emit("string", s, ind + "    ", ns)
+                L(f"{ind}    if len({s}) > 1100:")  # NaN / Infinity; never a number past numeric's digits
+                L(f"{ind}        raise _big(len({s}), 1100)")
                 L(f"{ind}    {out} = _D({s})")  # a numeric(p,s) NaN / Infinity
             else:
                 self.emit(b, out, ind + "    ", ns)
@@ -275,7 +334,7 @@ def compile_decoder(schema: Any, *, name: str = "read", partial: bool = False) -
            "        raise CodecError('record body is truncated' if p > len(d) else 'record body has trailing bytes', size=len(d), end=p)\n"
            "    return out\n")
     src = (f"def {name}(d, p{params}):\n    try:\n" + "\n".join(gen.lines) +
-           "\n    except (IndexError, UnicodeDecodeError, struct_error) as exc:\n"
+           "\n    except (IndexError, UnicodeDecodeError, struct_error, ArithmeticError, ValueError) as exc:\n"
            "        raise CodecError(f'record body does not decode: {exc!r}', size=len(d)) from exc\n" + end)
     ns: dict[str, Any] = dict(gen.consts)
     ns["struct_error"] = struct.error

@@ -1,7 +1,7 @@
-"""Avro schemas from a `Relation`, and the `Relation` back from a schema.
+"""Avro schemas from a `Relation`.
 
-Called once per table version (by `TableCodec`, and by the sink for every new schema it meets);
-nothing here is on a hot path. The mapping follows docs/internals.md ("Value forms", "Schemas").
+Called once per table version (by `TableCodec`; the sink reads schemas back, validated, through
+`bridge.codec.validate`); nothing here is on a hot path. The mapping follows docs/internals.md ("Value forms", "Schemas").
 Every column property the sink needs to rebuild the table travels in the field: `pg.name`,
 `pg.type` (`format_type` text), `pg.not_null`, `pg.base`, `pg.kind`, `pg.ndims`, and when set
 `pg.precision`, `pg.scale`, `pg.length`, `pg.type_oid`, and `pg.missing` (the value rows older
@@ -148,30 +148,3 @@ def row_record(value_schema: dict[str, Any]) -> dict[str, Any]:
     except (KeyError, IndexError, TypeError) as exc:
         raise SchemaError("not an envelope schema (no before/after row record)",
                           schema=value_schema.get("name") if isinstance(value_schema, dict) else None) from exc
-
-
-def column_from_field(f: dict[str, Any]) -> Column:
-    """A `Column` from a field's `pg.*` properties. Raises `SchemaError` if they are missing."""
-    try:
-        return Column(name=f["pg.name"], type_name=f["pg.type"], base=f["pg.base"], kind=f.get("pg.kind", "b"),
-                      ndims=int(f.get("pg.ndims", 0)), not_null=bool(f.get("pg.not_null", False)),
-                      precision=f.get("pg.precision"), scale=f.get("pg.scale"), length=f.get("pg.length"),
-                      type_oid=int(f.get("pg.type_oid", 0)), missing=f.get("pg.missing"))
-    except KeyError as exc:
-        raise SchemaError(f"field lacks the property {exc.args[0]}", column=f.get("name")) from exc
-
-
-def relation_from_schema(value_schema: dict[str, Any]) -> Relation:
-    """Rebuild the `Relation` a value (envelope) schema was made from, using its `pg.*` props.
-
-    Called by the sink once per schema. Raises `SchemaError` when properties are missing.
-    """
-    rec = row_record(value_schema)
-    try:
-        return Relation(schema=value_schema["pg.schema"], table=value_schema["pg.table"],
-                        columns=tuple(column_from_field(f) for f in rec["fields"]),
-                        primary_key=tuple(value_schema.get("pg.primary_key", ())),
-                        replica_identity=value_schema.get("pg.replica_identity", "d"),
-                        oid=int(value_schema.get("pg.oid", 0)), version=int(value_schema.get("pg.version", 1)))
-    except KeyError as exc:
-        raise SchemaError(f"envelope schema lacks the property {exc.args[0]}", schema=value_schema.get("name")) from exc

@@ -30,6 +30,42 @@ log = logging.getLogger(__name__)
 Schema = dict[str, Any]
 
 _MISSING_RETRY_S = 1.0  # a fingerprint found missing is looked for again after this long
+_MISSING_MAX = 10_000  # fingerprints remembered as missing (then forgotten at once: bounded memory)
+# An entry of `<prefix>._schemas` is hostile input: its size and JSON nesting are bounded before it
+# is parsed, and the schemas held stay under a byte budget. The producer's schemas are a few KiB
+# (a 1,600-column table's about 400 KiB), so these bounds only ever stop forged entries.
+SCHEMA_MAX_BYTES = 4 << 20
+SCHEMA_MAX_DEPTH = 64
+SCHEMAS_MAX_TOTAL_BYTES = 256 << 20
+
+
+def json_depth_exceeds(text: bytes, limit: int) -> bool:
+    """Whether brackets in `text` nest deeper than `limit` (strings skipped). Linear, no recursion,
+    so it can run before `json.loads`, whose recursion a deeply nested document exhausts."""
+    depth = 0
+    in_str = esc = False
+    for b in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 0x5C:  # backslash
+                esc = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+class StoreUnavailableError(CodecError):
+    """The schema store could not be read (broker or registry away): says nothing about the record,
+    so the caller waits and tries again rather than dead-lettering it."""
 
 
 class SchemaStore(Protocol):
@@ -96,6 +132,7 @@ class TopicSchemaStore:
         self._registered: dict[str, bytes] = {}  # schema JSON -> header
         self._offsets: dict[int, int] = {}  # partition -> next offset to read
         self._missing: dict[bytes, float] = {}  # header -> monotonic time it was last found missing
+        self._held_bytes = 0  # JSON bytes of the schemas learned from the topic
         self._producer: Any = None
         self._topic_ready = False
 
@@ -170,6 +207,8 @@ class TopicSchemaStore:
             if header not in self._by_header and time.monotonic() - self._missing.get(header, -1e9) > _MISSING_RETRY_S:
                 self._read_topic()
                 if header not in self._by_header:
+                    if len(self._missing) >= _MISSING_MAX:
+                        self._missing.clear()
                     self._missing[header] = time.monotonic()
         schema = self._by_header.get(header)
         if schema is None:
@@ -193,7 +232,7 @@ class TopicSchemaStore:
             deadline = time.monotonic() + self._timeout
             while pending:
                 if time.monotonic() > deadline:
-                    raise CodecError("timed out reading the schema topic", topic=self.topic)
+                    raise StoreUnavailableError("timed out reading the schema topic", topic=self.topic)
                 msg = consumer.poll(0.5)
                 if msg is None:
                     continue
@@ -202,30 +241,56 @@ class TopicSchemaStore:
                     if err.code() == KafkaError._PARTITION_EOF:
                         pending.discard(msg.partition())
                         continue
-                    raise CodecError(f"cannot read the schema topic: {err}", topic=self.topic)
+                    raise StoreUnavailableError(f"cannot read the schema topic: {err}", topic=self.topic)
                 part, off = msg.partition(), msg.offset()
                 if part is None or off is None:
                     continue
                 self._offsets[part] = off + 1
                 self._learn(msg.key(), msg.value(), off)
         except KafkaException as exc:
-            raise CodecError(f"cannot read the schema topic: {exc}", topic=self.topic) from exc
+            raise StoreUnavailableError(f"cannot read the schema topic: {exc}", topic=self.topic) from exc
         finally:
             consumer.close()
 
     def _learn(self, key: bytes | None, value: bytes | None, offset: int) -> None:
-        if key is None or value is None or len(key) != 8:
+        """Take one entry of the schema topic, or skip it (logged, counted in
+        `bridge_schema_entries_skipped_total`). Never raises: an entry is hostile input, and one
+        bad entry must neither stop the sink nor keep the entries after it from being learned."""
+        if key is None or value is None:
+            return  # a tombstone, or a key-only record: nothing to learn
+        reason = self._refuse(key, value)
+        schema: Any = None
+        if reason is None:
+            try:
+                schema = json.loads(value)
+                if not isinstance(schema, dict):
+                    reason = "not a JSON object"
+                elif framing.fingerprint(schema) != key:
+                    reason = "fingerprint does not match its key"
+            except Exception as exc:  # json and fastavro raise several types, RecursionError among them
+                reason = f"unreadable ({type(exc).__name__})"
+        if reason is not None:
+            from bridge import metrics
+
+            metrics.SCHEMAS_SKIPPED.labels(reason.split(" (")[0]).inc()
+            log.warning("skipping schema entry: %s topic=%s offset=%s", reason, self.topic, offset)
             return
-        try:
-            schema = json.loads(value)
-            fp = framing.fingerprint(schema)
-        except (ValueError, CodecError):
-            log.warning("skipping unreadable schema topic=%s offset=%s", self.topic, offset)
-            return
-        if fp != key:
-            log.warning("skipping schema whose fingerprint does not match its key topic=%s offset=%s", self.topic, offset)
-            return
-        self._by_header.setdefault(framing.single_object_prefix(fp), schema)
+        header = framing.single_object_prefix(key)
+        if header not in self._by_header:
+            self._by_header[header] = schema
+            self._held_bytes += len(value)
+
+    def _refuse(self, key: bytes, value: bytes) -> str | None:
+        """Why an entry is skipped before it is parsed, or None."""
+        if len(key) != 8:
+            return "key is not an 8-byte fingerprint"
+        if len(value) > SCHEMA_MAX_BYTES:
+            return f"larger than {SCHEMA_MAX_BYTES} bytes"
+        if self._held_bytes + len(value) > SCHEMAS_MAX_TOTAL_BYTES:
+            return f"schemas held exceed {SCHEMAS_MAX_TOTAL_BYTES} bytes"
+        if json_depth_exceeds(value, SCHEMA_MAX_DEPTH):
+            return f"nested deeper than {SCHEMA_MAX_DEPTH}"
+        return None
 
     def export_avsc(self, directory: str | Path) -> list[Path]:
         """See `SchemaStore.export_avsc`. Reads the schema topic first, so it exports every

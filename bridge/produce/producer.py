@@ -13,11 +13,10 @@ One loop, one thread (librdkafka delivery callbacks run inside `poll`, on this t
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,6 +47,7 @@ from bridge.source.capture import ChangeSource
 from bridge.source.converters import timestamptz_us
 from bridge.source.snapshot import SnapshotState, TableReader, begin_snapshot_transaction
 from bridge.source.test_decoding import ChangeLine, MessageLine, TruncateLine, parse_line
+from bridge.tables import TableFilter
 
 log = logging.getLogger(__name__)
 
@@ -78,25 +78,6 @@ class SnapshotPlan:
     chunk_rows: int = 10_000
     # resuming: (topic, partitions, consistent point, from seq, scan) -> (keys already there, top seq)
     delivered: Callable[[str, int, int, int, int], tuple[set[bytes], int]] | None = None
-
-
-class TableFilter:
-    """Include/exclude globs over `schema.table` (unquoted names), decided once per table."""
-
-    def __init__(self, include: Sequence[str], exclude: Sequence[str]) -> None:
-        self.include = list(include)
-        self.exclude = list(exclude)
-        self._cache: dict[tuple[str, str], bool] = {}
-
-    def __call__(self, schema: str, table: str) -> bool:
-        key = (schema, table)
-        hit = self._cache.get(key)
-        if hit is None:
-            name = f"{schema}.{table}"
-            hit = any(fnmatch.fnmatchcase(name, p) for p in self.include) and not any(
-                fnmatch.fnmatchcase(name, p) for p in self.exclude)
-            self._cache[key] = hit
-        return hit
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 
 from bridge import metrics
-from bridge.errors import SinkError
+from bridge.errors import SinkError, TargetSchemaError
 from bridge.events import Op, Position
 from bridge.relation import Relation
 from bridge.sink.positions import PositionTable, TopicPartition
@@ -41,6 +41,10 @@ _INS = b"c"
 # SQLSTATE classes meaning "the target refuses these rows", not "the target is unwell":
 # 22 data exception, 23 integrity constraint violation, P0 raised by a trigger.
 _REJECT_CLASSES = ("22", "23", "P0")
+# ... and "the target refuses this table" (raised while a table's statements run): 42 syntax or
+# access rule (a type it cannot cast, no privilege), 54 program limit (too many columns), 0A
+# feature not supported. Retrying cannot help; the table's records go to the dead-letter topic.
+_TABLE_REJECT_CLASSES = ("42", "54", "0A")
 # Python errors a value of the wrong form raises while it is encoded for COPY.
 # Rows encoded per COPY write: big enough to amortise the call, small enough that the server
 # parses one chunk while Python encodes the next.
@@ -54,6 +58,17 @@ class RecordRejectedError(SinkError):
     The batch was rolled back; `Applier.apply_isolating` finds the records at fault."""
 
 
+class TableRejectedError(RecordRejectedError):
+    """The target cannot take a table's records at all (its shape, not a value): no usable key,
+    more columns than PostgreSQL allows, a type it cannot cast, a DDL it refuses. The batch was
+    rolled back; `Applier.apply_isolating` dead-letters that table's records and applies the rest.
+    `table` is the (schema, table) at fault."""
+
+    def __init__(self, message: str, *, table: tuple[str, str], **context: Any) -> None:
+        super().__init__(message, table=f"{table[0]}.{table[1]}", **context)
+        self.table = table
+
+
 class KeylessTableError(RecordRejectedError):
     """An update or delete of a table without a primary key whose source lacks REPLICA IDENTITY FULL."""
 
@@ -65,10 +80,10 @@ class Applier:
     (the applier connects in autocommit mode and reconnects after a connection failure).
     """
 
-    def __init__(self, conn_or_dsn: psycopg.Connection[Any] | str, *, position_schema: str = "bridge") -> None:
+    def __init__(self, conn_or_dsn: psycopg.Connection[Any] | str, *, state_schema: str = "pgbridge_state") -> None:
         self._dsn = conn_or_dsn if isinstance(conn_or_dsn, str) else None
         self._conn: psycopg.Connection[Any] | None = None if isinstance(conn_or_dsn, str) else conn_or_dsn
-        self._table = PositionTable(position_schema)
+        self._table = PositionTable(state_schema)
         self._tables = TargetTables()
         self._positions: dict[TopicPartition, Position] = {}
         self._loaded: set[TopicPartition] = set()
@@ -225,22 +240,17 @@ class Applier:
         for rid, rel in rels.items():
             tables.setdefault((rel.schema, rel.table), []).append(rid)
         cur_ = conn.cursor()
-        for rids in tables.values():
-            if len(rids) == 1:
-                recs = groups[rids[0]]
-                truncate = Op.TRUNCATE
-                if not any(r.change.op is truncate for r in recs):
-                    self._apply_rows(cur_, self._tables.plan(conn, rels[rids[0]]), recs)
-                    continue
-            else:
-                recs = [r for rid in rids for r in groups[rid]]
-            recs.sort(key=_position_key)
-            for kind, rel, seg in _segments(recs):
-                plan = self._tables.plan(conn, rel)
-                if kind == "t":
-                    cur_.execute(plan.truncate_sql, ())
-                else:
-                    self._apply_rows(cur_, plan, seg)
+        for tkey, rids in tables.items():
+            try:
+                self._apply_table(conn, cur_, [rels[rid] for rid in rids], [groups[rid] for rid in rids])
+            except TargetSchemaError as exc:
+                raise TableRejectedError(exc.message, table=tkey, **exc.context) from exc
+            except psycopg.Error as exc:
+                sqlstate = exc.sqlstate or ""
+                if sqlstate[:2] not in _TABLE_REJECT_CLASSES:
+                    raise
+                raise TableRejectedError(f"target refuses table {tkey[0]}.{tkey[1]}: {str(exc).strip()}",
+                                         table=tkey, sqlstate=sqlstate) from exc
         # 4. positions
         if newpos:
             self._table.upsert(conn, newpos)
@@ -250,6 +260,21 @@ class Applier:
             for op, n in Counter([r.change.op for r in recs_]).items():  # counted in C, not per record in Python
                 counts[(table, str(op))] = n
         return newpos, counts
+
+    def _apply_table(self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], rels: list[Relation],
+                     groups: list[list[SinkRecord]]) -> None:
+        """Step 3 for one table: its records (grouped per relation version) in position order
+        where it matters, split at truncates and relation versions."""
+        if len(rels) == 1 and not any(r.change.op is Op.TRUNCATE for r in groups[0]):
+            self._apply_rows(cur, self._tables.plan(conn, rels[0]), groups[0])
+            return
+        recs = sorted((r for g in groups for r in g), key=_position_key)
+        for kind, rel, seg in _segments(recs):
+            plan = self._tables.plan(conn, rel)
+            if kind == "t":
+                cur.execute(plan.truncate_sql, ())
+            else:
+                self._apply_rows(cur, plan, seg)
 
     def _stage(self, cur: psycopg.Cursor[Any], plan: TablePlan, items: list[Item]) -> None:
         """COPY `items` into the plan's staging table (created on first use, emptied before use).
@@ -413,10 +438,26 @@ class Applier:
         dead-letter topic. Errors other than `RecordRejectedError` propagate.
         """
         rejects: list[tuple[SinkRecord, Exception]] = []
-        try:
-            self.apply(records)
-        except RecordRejectedError:
-            self._bisect(list(records), rejects)
+        pending = list(records)
+        refused: list[SinkRecord] = []
+        while True:
+            try:
+                self.apply(pending)
+            except TableRejectedError as exc:
+                bad = [r for r in pending if (r.change.relation.schema, r.change.relation.table) == exc.table]
+                if not bad:
+                    raise
+                log.error("target refuses table %s.%s: %d records go to the dead-letter topic: %s",
+                          exc.table[0], exc.table[1], len(bad), exc)
+                rejects += [(r, exc) for r in bad]
+                refused += bad
+                pending = [r for r in pending if (r.change.relation.schema, r.change.relation.table) != exc.table]
+                continue
+            except RecordRejectedError:
+                self._bisect(pending, rejects)
+            break
+        if refused:
+            self._advance_past(refused)
         tps = {(r.topic, r.partition) for r in records}
         return {tp: self._positions[tp] for tp in tps if tp in self._positions}, rejects
 
@@ -429,7 +470,7 @@ class Applier:
                 log.warning("record rejected by the target: topic=%s partition=%s offset=%s: %s",
                             rec.topic, rec.partition, rec.offset, exc)
                 rejects.append((rec, exc))
-                self._advance_past(rec)
+                self._advance_past([rec])
             return
         mid = len(records) // 2
         for half in (records[:mid], records[mid:]):
@@ -438,16 +479,22 @@ class Applier:
             except RecordRejectedError:
                 self._bisect(half, rejects)
 
-    def _advance_past(self, rec: SinkRecord) -> None:
-        tp = (rec.topic, rec.partition)
-        pos = rec.change.position
-        stored = self._positions.get(tp)
-        if stored is not None and stored >= pos:
+    def _advance_past(self, recs: Sequence[SinkRecord]) -> None:
+        """Store, forward only, the positions of rejected records, so their partitions move past
+        them (they are in the dead-letter topic, not retried)."""
+        last: dict[TopicPartition, Position] = {}
+        for rec in recs:
+            tp = (rec.topic, rec.partition)
+            pos = rec.change.position
+            if tp not in last or last[tp] < pos:
+                last[tp] = pos
+        ahead = {tp: pos for tp, pos in last.items() if tp not in self._positions or self._positions[tp] < pos}
+        if not ahead:
             return
         conn = self.conn
         with conn.transaction():
-            self._table.upsert(conn, {tp: pos})
-        self._positions[tp] = pos
+            self._table.upsert(conn, ahead)
+        self._positions.update(ahead)
 
 
 def _position_key(rec: SinkRecord) -> tuple[int, int]:

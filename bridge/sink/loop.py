@@ -30,9 +30,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from bridge import metrics
 from bridge.ack.channel import Ack, AckPublisher
-from bridge.errors import BridgeError, CodecError, SinkError
+from bridge.codec.store import StoreUnavailableError
+from bridge.errors import SinkError
 from bridge.events import Op, Position
+from bridge.relation import Relation
 from bridge.retry import retry_while
+from bridge.sink.admit import Admission
 from bridge.sink.deadletter import DeadLetters
 from bridge.sink.truncate import TruncateBarrier
 
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 class DecodedLike(Protocol):
     position: Position
     commit_ts_us: int | None
+    relation: Relation
 
 
 class ApplierLike(Protocol):
@@ -60,6 +64,11 @@ def _broker_transient(exc: BaseException) -> bool:
     """A broker call that failed because the broker is away or its coordinator is moving."""
     err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     return isinstance(err, KafkaError) and (err.retriable() or err.code() in _KAFKA_TRANSIENT)
+
+
+def _store_away(exc: BaseException) -> bool:
+    """The schema store could not be read: wait for it rather than dead-letter the record."""
+    return isinstance(exc, StoreUnavailableError)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -148,7 +157,8 @@ class SinkLoop:
     def __init__(self, *, consumer: Consumer, decode: Callable[[bytes], DecodedLike],
                  make_record: Callable[[str, int, int, DecodedLike], Any], applier: ApplierLike,
                  acks: AckPublisher, dead_letters: DeadLetters, settings: SinkSettings,
-                 barrier: TruncateBarrier | None = None, stop: threading.Event | None = None) -> None:
+                 barrier: TruncateBarrier | None = None, stop: threading.Event | None = None,
+                 admission: Admission | None = None) -> None:
         self.consumer = consumer
         self.decode = decode
         self.make_record = make_record
@@ -161,6 +171,7 @@ class SinkLoop:
         self.batches = 0
         self.last_positions: dict[tuple[str, int], Position] = {}
         self.barrier = barrier
+        self.admission = admission or Admission(settings.topic_prefix, "pgbridge_state")
         self.stop = stop or threading.Event()
         self._waiting: dict[tuple[str, int], _Waiting] = {}
         self._partitions: dict[str, int] = {}
@@ -195,6 +206,9 @@ class SinkLoop:
 
     def run(self, stop: threading.Event) -> None:
         self.stop = stop
+        # Reach the target (and create the state table) before consuming: a target that cannot be
+        # reached is logged from the start, not first noticed when a record arrives.
+        self._with_retry(lambda: self.applier.load_positions([]))
         self.subscribe()
         metrics.UP.labels("sink").set(1)
         try:
@@ -256,8 +270,9 @@ class SinkLoop:
             b.offsets[(topic, partition)] = offset + 1
             return  # a tombstone: it only serves compaction; its delete came just before it
         try:
-            change = self.decode(value)
-        except (CodecError, BridgeError) as exc:
+            change = retry_while(lambda: self.decode(value), _store_away, self.stop, "schema store")
+            self.admission.check(topic, change.relation)
+        except Exception as exc:  # hostile input: whatever fails to decode or admit is dead-lettered
             b.offsets[(topic, partition)] = offset + 1
             b.messages[(topic, partition, offset)] = msg
             b.dead.append((msg, exc))

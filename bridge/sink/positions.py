@@ -26,16 +26,16 @@ TopicPartition = tuple[str, int]
 class PositionTable:
     """SQL for `<schema>.bridge_positions`, built once. Stateless besides the names."""
 
-    def __init__(self, schema: str = "bridge") -> None:
+    def __init__(self, schema: str = "pgbridge_state") -> None:
         self.schema = schema
         name = sql.Identifier(schema, TABLE)
+        self._create_schema = sql.SQL("CREATE SCHEMA IF NOT EXISTS {schema}").format(schema=sql.Identifier(schema))
         self._create = sql.SQL(
-            "CREATE SCHEMA IF NOT EXISTS {schema};\n"
             "CREATE TABLE IF NOT EXISTS {name} ("
             " topic text NOT NULL, partition integer NOT NULL, commit_lsn pg_lsn NOT NULL,"
             " seq bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),"
             " PRIMARY KEY (topic, partition))"
-        ).format(schema=sql.Identifier(schema), name=name)
+        ).format(name=name)
         self._load_all = sql.SQL("SELECT topic, partition, commit_lsn::text, seq FROM {name}").format(name=name)
         self._load = sql.SQL(
             "SELECT p.topic, p.partition, p.commit_lsn::text, p.seq FROM {name} p"
@@ -51,14 +51,16 @@ class PositionTable:
         ).format(name=name)
 
     def ensure(self, conn: psycopg.Connection[Any]) -> None:
-        """Create the schema and table when missing. Called once per connection."""
-        conn.execute(self._create)
+        """Create the schema and table when missing. Called once per connection. One statement
+        per execute, with (no) parameters: the extended protocol, which never runs a second one."""
+        conn.execute(self._create_schema, ())
+        conn.execute(self._create, ())
 
     def load(self, conn: psycopg.Connection[Any],
              partitions: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, Position]:
         """The stored positions of `partitions` (all when `None`); absent partitions are left out."""
         if partitions is None:
-            rows = conn.execute(self._load_all).fetchall()
+            rows = conn.execute(self._load_all, ()).fetchall()
         else:
             tps = list(partitions)
             rows = conn.execute(self._load, ([t for t, _ in tps], [p for _, p in tps])).fetchall()

@@ -9,6 +9,7 @@ binary row encoder and the apply statements. Later calls return the cached plan.
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +19,12 @@ import psycopg
 from bridge.errors import TargetSchemaError
 from bridge.relation import Column, Relation
 from bridge.sink.stage import Encoder, column_code, is_array, row_encoder, staging_type, wire_for
+from bridge.sink.types import candidates
 
 log = logging.getLogger(__name__)
 
+MAX_COLUMNS = 1600  # PostgreSQL's limit on a table's columns (MaxHeapAttributeNumber)
+_META_COLUMNS = 4  # m_lsn, m_seq, m_op, m_aux
 _INT_RANK = {"int2": 1, "int4": 2, "int8": 3}
 _FLOAT_RANK = {"float4": 1, "float8": 2}
 _STRINGS = frozenset({"text", "varchar", "bpchar", "citext"})
@@ -73,16 +77,6 @@ def _quote(name: str) -> str:
 def _regname(schema: str, table: str) -> str:
     """`"schema"."table"` for `to_regclass` and COPY (no parameters: no `%` doubling)."""
     return _quote(schema) + "." + _quote(table)
-
-
-def _scalar_sql(col: Column) -> str:
-    """A type spelling from the resolved base type and modifiers (for domains not in the target)."""
-    b = col.base
-    if b == "numeric" and col.precision is not None:
-        return f"numeric({col.precision},{col.scale or 0})"
-    if b in ("varchar", "bpchar", "bit", "varbit") and col.length is not None:
-        return f"{b}({col.length})"
-    return b if b.isidentifier() else '"' + b.replace('"', '""') + '"'
 
 
 def _t(type_sql: str) -> str:
@@ -204,6 +198,7 @@ class TargetTables:
         found = self._plans.get(key)
         if found is not None:
             return found
+        self.check_width(relation)
         target_cols = self._ensure(conn, relation)
         name = self._names.get(key)
         if name is None:
@@ -215,20 +210,20 @@ class TargetTables:
     # -- DDL ------------------------------------------------------------------------------------
 
     def _desired_types(self, conn: psycopg.Connection[Any], relation: Relation) -> list[str]:
-        """Per column: its own type when the target knows it, else the base type, else text."""
-        names = [c.type_name for c in relation.columns]
+        """Per column, the first of `types.candidates` the target knows (its own type when the
+        target has one of that name, else the built-in one, else text). Every candidate is
+        composed by `bridge.sink.types` from validated parts; the lookup passes it as a parameter."""
+        options = [candidates(c, array=is_array(c)) for c in relation.columns]
+        flat = [t for opts in options for t in opts]
         rows = conn.execute("SELECT to_regtype(x) IS NOT NULL FROM unnest(%s::text[]) WITH ORDINALITY u(x, n) ORDER BY n",
-                            (names,)).fetchall()
+                            (flat,)).fetchall()
+        known = iter(r[0] for r in rows)
         out: list[str] = []
-        for col, (known,) in zip(relation.columns, rows, strict=True):
-            if known:
-                out.append(col.type_name)
-                continue
-            dims = "[]" * max(col.ndims, 1 if is_array(col) else 0)
-            base = _scalar_sql(col)
-            ok = col.kind == "b" and conn.execute("SELECT to_regtype(%s) IS NOT NULL", (base,)).fetchone() == (True,)
-            out.append((base if ok else "text") + dims)
-            log.info("type %s of %s.%s not in the target; using %s", col.type_name, relation.qualified, col.name, out[-1])
+        for col, opts in zip(relation.columns, options, strict=True):
+            found = [t for t in opts if next(known)]
+            out.append(found[0] if found else "text")
+            if len(opts) > 1 and out[-1] != opts[0]:
+                log.info("type %s of %s.%s not in the target; using %s", col.type_name, relation.qualified, col.name, out[-1])
         return out
 
     def _ensure(self, conn: psycopg.Connection[Any], relation: Relation) -> dict[str, TargetColumn]:
@@ -266,11 +261,22 @@ class TargetTables:
             want_key = set(relation.primary_key)
             uniques = [set(r[0]) for r in conn.execute(_UNIQUE_SQL, (oid,)).fetchall()]
             if want_key not in uniques:
-                raise TargetSchemaError(
-                    f"target table {relation.qualified} has no primary key or unique index on "
-                    f"({', '.join(relation.primary_key)})",
-                    table=relation.qualified, column=", ".join(relation.primary_key))
+                self._follow_key(conn, relation, target)
         return cols
+
+    @staticmethod
+    def _follow_key(conn: psycopg.Connection[Any], relation: Relation, target: str) -> None:
+        """The source's primary key is not a unique key of the target (the key was changed on the
+        source while streaming, or the target table was made by hand): add a unique index on it,
+        which the upsert's ON CONFLICT needs. The target's old key stays; the log says so. If the
+        target's rows repeat the new key, the index fails and the table's records are rejected
+        (`TableRejectedError` in the apply) naming this."""
+        cols = ", ".join(qi(k) for k in relation.primary_key)
+        index = f"{relation.table[:40]}_bridge_key_{zlib.crc32(cols.encode()):08x}"
+        conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {qi(index)} ON {target} ({cols})", ())
+        log.warning("target table %s had no unique index on its source's primary key (%s): created %s. A unique "
+                    "key the target had before still holds; drop it if the source no longer enforces it",
+                    relation.qualified, ", ".join(relation.primary_key), index)
 
     @staticmethod
     def _read_columns(conn: psycopg.Connection[Any], oid: int | None) -> dict[str, TargetColumn]:
@@ -278,6 +284,20 @@ class TargetTables:
         return {r[0]: TargetColumn(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
 
     # -- SQL ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def check_width(relation: Relation) -> None:
+        """Raise `TargetSchemaError` when the staging table would exceed PostgreSQL's 1,600
+        columns: 4 meta columns plus one per column, twice for a table without a key (its rows
+        are matched on the whole old row). Called before any DDL for the relation."""
+        n = len(relation.columns)
+        width = _META_COLUMNS + (n if relation.primary_key else 2 * n)
+        if width > MAX_COLUMNS:
+            remedy = ("add a primary key to the source table (ALTER TABLE … ADD PRIMARY KEY …)"
+                      if not relation.primary_key else "split the table")
+            raise TargetSchemaError(
+                f"table {relation.qualified} has {n} columns: its staging table would need {width}, over "
+                f"PostgreSQL's {MAX_COLUMNS}; {remedy}", table=relation.qualified)
 
     def _build(self, relation: Relation, tcols: dict[str, TargetColumn], staging: str) -> TablePlan:
         target = f"{qi(relation.schema)}.{qi(relation.table)}"

@@ -149,11 +149,11 @@ class Sample:
 class SlotMonitor:
     """Every 100 ms: the slot's confirmed LSN, then the sink's applied positions."""
 
-    def __init__(self, source_dsn: str, target_dsn: str, slot: str, position_schema: str = "bridge") -> None:
+    def __init__(self, source_dsn: str, target_dsn: str, slot: str, state_schema: str = "pgbridge_state") -> None:
         self.source_dsn = source_dsn
         self.target_dsn = target_dsn
         self.slot = slot
-        self.schema = position_schema
+        self.schema = state_schema
         self.samples: list[Sample] = []
 
     def run(self, stop: threading.Event) -> None:

@@ -259,7 +259,7 @@ def test_replay_changes_nothing_and_positions_only_move_forward(target_dsn: str,
     batch2 = [s0.rec(r, Op.UPDATE, (1, Decimal("1"), "a2", None)), s1.rec(r, Op.DELETE, None, key_row(r, (2,)))]
     applier.apply(batch2)
     after2 = rows(target_dsn, "SELECT * FROM orders ORDER BY id")
-    stored2 = rows(target_dsn, "SELECT topic, partition, commit_lsn::text, seq FROM bridge.bridge_positions ORDER BY 2")
+    stored2 = rows(target_dsn, "SELECT topic, partition, commit_lsn::text, seq FROM pgbridge_state.bridge_positions ORDER BY 2")
 
     # replay both batches, through this applier and through a fresh one (positions from the table)
     assert applier.apply(batch1 + batch2) == {(s0.topic, 0): batch2[0].change.position,
@@ -271,7 +271,7 @@ def test_replay_changes_nothing_and_positions_only_move_forward(target_dsn: str,
     finally:
         fresh.close()
     assert rows(target_dsn, "SELECT * FROM orders ORDER BY id") == after2 == [(1, Decimal("1.00"), "a2", None)]
-    assert rows(target_dsn, "SELECT topic, partition, commit_lsn::text, seq FROM bridge.bridge_positions ORDER BY 2") \
+    assert rows(target_dsn, "SELECT topic, partition, commit_lsn::text, seq FROM pgbridge_state.bridge_positions ORDER BY 2") \
         == stored2 == [(s0.topic, 0, "0/44C", 0), (s1.topic, 1, "0/47E", 0)]
 
     # within a batch, an event at or below an earlier one of its partition is a replay too
@@ -294,7 +294,7 @@ def test_failed_batch_moves_nothing(target_dsn: str, applier: Applier) -> None:
         applier.apply([s.rec(r, Op.INSERT, (2, Decimal("2"), "b", None)), s.rec(r, Op.INSERT, (3, Decimal("300"), "c", None))])
     assert applier.positions == before
     assert rows(target_dsn, "SELECT id FROM orders") == [(1,)]
-    assert rows(target_dsn, "SELECT commit_lsn::text, seq FROM bridge.bridge_positions") == [("0/3E8", 0)]
+    assert rows(target_dsn, "SELECT commit_lsn::text, seq FROM pgbridge_state.bridge_positions") == [("0/3E8", 0)]
 
 
 # -- tables without a primary key --------------------------------------------------------------

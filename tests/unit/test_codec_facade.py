@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bridge.codec import EnvelopeDecoder, MemorySchemaStore, RegistrySchemaStore, SchemaStore, TableCodec
-from bridge.codec.schemas import relation_from_schema
+from bridge.codec.validate import relation_from_schema
 from bridge.errors import CodecError
 from bridge.events import ChangeEvent, Op, Position
 from bridge.lsn import Lsn

@@ -9,9 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.codec import framing
-from bridge.codec.schemas import key_schema, relation_from_schema, row_record, value_schema
+from bridge.codec.schemas import key_schema, row_record, value_schema
 from bridge.codec.store import published_form
 from bridge.codec.templates import TEMPLATES
+from bridge.codec.validate import relation_from_schema
 from bridge.errors import SchemaError
 from bridge.relation import Column, Relation
 
@@ -80,20 +81,27 @@ BASES = ["int2", "int4", "int8", "oid", "float4", "float8", "numeric", "bool", "
          "bytea", "date", "time", "timestamp", "timestamptz", "uuid", "json", "jsonb", "interval", "inet", "citext"]
 
 
+# identifiers PostgreSQL allows: no NUL, at most 63 bytes (10 characters are at most 40 bytes)
+IDENTS = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1, max_size=10)
+SPELLINGS = ["integer", "numeric(12,2)", "character varying(20)", "timestamp(3) with time zone", "double precision",
+             "interval day to second(3)", "integer[]", "public.mood", "bit varying(5)", '"char"']
+TYPE_NAMES = st.sampled_from(SPELLINGS) | IDENTS.map(lambda n: '"' + n.replace('"', '""') + '"')
+
+
 @st.composite
 def relations(draw: st.DrawFn) -> Relation:
-    names = draw(st.lists(st.text(min_size=1, max_size=10), min_size=1, max_size=8, unique=True))
+    names = draw(st.lists(IDENTS, min_size=1, max_size=8, unique=True))
     cols = []
     for n in names:
         base = draw(st.sampled_from(BASES))
         prec = draw(st.none() | st.integers(1, 1000)) if base == "numeric" else None
         scale = draw(st.integers(-5, prec)) if prec is not None else None
-        cols.append(Column(n, draw(st.text(min_size=1, max_size=30)), base, kind=draw(st.sampled_from("bed")),
+        cols.append(Column(n, draw(TYPE_NAMES), base, kind=draw(st.sampled_from("bed")),
                            ndims=draw(st.integers(0, 3)), not_null=draw(st.booleans()), precision=prec, scale=scale,
                            length=draw(st.none() | st.integers(1, 10485760)), type_oid=draw(st.integers(0, 2**32 - 1)),
-                           missing=draw(st.none() | st.text(max_size=20))))
+                           missing=draw(st.none() | IDENTS)))
     pk = draw(st.lists(st.sampled_from(names), unique=True, max_size=3))
-    return Relation(draw(st.text(min_size=1, max_size=10)), draw(st.text(min_size=1, max_size=10)), tuple(cols),
+    return Relation(draw(IDENTS), draw(IDENTS), tuple(cols),
                     tuple(pk), draw(st.sampled_from("dfni")), oid=draw(st.integers(0, 2**32 - 1)),
                     version=draw(st.integers(1, 1000)))
 

@@ -34,7 +34,7 @@ def test_defaults_without_file() -> None:
     assert c.source.spill_bytes == 64 << 20
     assert c.kafka.partitions == 6 and c.kafka.replication_factor == 1 and c.kafka.tombstones is True
     assert c.sink.batch_max_bytes == 64 << 20
-    assert c.sink.dead_letter_topic == "bridge._dlq" and c.sink.position_schema == "bridge"
+    assert c.sink.dead_letter_topic == "bridge._dlq" and c.sink.state_schema == "pgbridge_state"
     assert c.ack == "sink"
     assert (c.metrics.port, c.metrics.host) == (9187, "0.0.0.0")
     assert c.monitor.retained_wal_warn_bytes == 1 << 30
