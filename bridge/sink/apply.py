@@ -31,6 +31,7 @@ from bridge.relation import Relation
 from bridge.sink.positions import PositionTable, TopicPartition
 from bridge.sink.records import SinkRecord
 from bridge.sink.stage import SIGNATURE, TRAILER, Encoder, Item
+from bridge.sink.statements import run
 from bridge.sink.target import TablePlan, TargetTables
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,8 @@ class Applier:
             try:
                 self._apply_table(conn, cur_, [rels[rid] for rid in rids], [groups[rid] for rid in rids])
             except TargetSchemaError as exc:
-                raise TableRejectedError(exc.message, table=tkey, **exc.context) from exc
+                ctx = {k: v for k, v in exc.context.items() if k != "table"}
+                raise TableRejectedError(exc.message, table=tkey, **ctx) from exc
             except psycopg.Error as exc:
                 sqlstate = exc.sqlstate or ""
                 if sqlstate[:2] not in _TABLE_REJECT_CLASSES:
@@ -272,7 +274,7 @@ class Applier:
         for kind, rel, seg in _segments(recs):
             plan = self._tables.plan(conn, rel)
             if kind == "t":
-                cur.execute(plan.truncate_sql, ())
+                run(cur, plan.truncate_sql)
             else:
                 self._apply_rows(cur, plan, seg)
 
@@ -283,10 +285,10 @@ class Applier:
         encoded. A value that cannot be encoded raises `RecordRejectedError` (the COPY fails)."""
         st = plan.staging
         if st not in self._created:
-            cur.execute(plan.staging_ddl, ())
+            run(cur, plan.staging_ddl)
             self._created.add(st)
         if st in self._dirty:
-            cur.execute(f"TRUNCATE {st}", ())
+            run(cur, f"TRUNCATE {st}")
         self._dirty.add(st)
         self._copy(cur, plan, plan.copy_sql, plan.encoder, items)
 
@@ -368,7 +370,7 @@ class Applier:
             stmt = plan.upsert_dedup_del if dedup else plan.upsert_unique_del
         else:
             stmt = plan.upsert_dedup if dedup else plan.upsert_unique
-        cur.execute(stmt, ())
+        run(cur, stmt)
         for uset, mid in masks.items():
             cur.execute(plan.masked_sql(uset, dedup), (mid,))
 

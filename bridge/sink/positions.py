@@ -15,6 +15,7 @@ from psycopg import sql
 
 from bridge.events import Position
 from bridge.lsn import Lsn
+from bridge.sink.statements import run
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,14 @@ class PositionTable:
     def ensure(self, conn: psycopg.Connection[Any]) -> None:
         """Create the schema and table when missing. Called once per connection. One statement
         per execute, with (no) parameters: the extended protocol, which never runs a second one."""
-        conn.execute(self._create_schema, ())
-        conn.execute(self._create, ())
+        run(conn, self._create_schema)
+        run(conn, self._create)
 
     def load(self, conn: psycopg.Connection[Any],
              partitions: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, Position]:
         """The stored positions of `partitions` (all when `None`); absent partitions are left out."""
         if partitions is None:
-            rows = conn.execute(self._load_all, ()).fetchall()
+            rows = run(conn, self._load_all).fetchall()
         else:
             tps = list(partitions)
             rows = conn.execute(self._load, ([t for t, _ in tps], [p for _, p in tps])).fetchall()

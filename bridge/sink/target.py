@@ -19,6 +19,7 @@ import psycopg
 from bridge.errors import TargetSchemaError
 from bridge.relation import Column, Relation
 from bridge.sink.stage import Encoder, column_code, is_array, row_encoder, staging_type, wire_for
+from bridge.sink.statements import run
 from bridge.sink.types import candidates
 
 log = logging.getLogger(__name__)
@@ -236,8 +237,8 @@ class TargetTables:
             defs = [f"{qi(c.name)} {_t(t)}{_default(conn, c, t)}" for c, t in zip(relation.columns, desired, strict=True)]
             if relation.primary_key:
                 defs.append(f"PRIMARY KEY ({', '.join(qi(k) for k in relation.primary_key)})")
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {qi(schema)}", ())
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {target} ({', '.join(defs)})", ())
+            run(conn, f"CREATE SCHEMA IF NOT EXISTS {qi(schema)}")
+            run(conn, f"CREATE TABLE IF NOT EXISTS {target} ({', '.join(defs)})")
             log.info("created target table %s", relation.qualified)
             row = conn.execute("SELECT to_regclass(%s)::oid", (_regname(schema, table),)).fetchone()
             oid = row[0] if row else None
@@ -246,13 +247,13 @@ class TargetTables:
         for col, want in zip(relation.columns, desired, strict=True):
             have = cols.get(col.name)
             if have is None:
-                conn.execute(f"ALTER TABLE {target} ADD COLUMN {qi(col.name)} {_t(want)}{_default(conn, col, want)}", ())
+                run(conn, f"ALTER TABLE {target} ADD COLUMN {qi(col.name)} {_t(want)}{_default(conn, col, want)}")
                 log.info("added column %s to target table %s", col.name, relation.qualified)
                 changed = True
                 continue
             widen = _judge(relation, col, have, want)
             if widen is not None:
-                conn.execute(f"ALTER TABLE {target} ALTER COLUMN {qi(col.name)} TYPE {_t(widen)}", ())
+                run(conn, f"ALTER TABLE {target} ALTER COLUMN {qi(col.name)} TYPE {_t(widen)}")
                 log.info("widened %s.%s from %s to %s", relation.qualified, col.name, have.type_sql, widen)
                 changed = True
         if changed:
@@ -273,7 +274,7 @@ class TargetTables:
         (`TableRejectedError` in the apply) naming this."""
         cols = ", ".join(qi(k) for k in relation.primary_key)
         index = f"{relation.table[:40]}_bridge_key_{zlib.crc32(cols.encode()):08x}"
-        conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {qi(index)} ON {target} ({cols})", ())
+        run(conn, f"CREATE UNIQUE INDEX IF NOT EXISTS {qi(index)} ON {target} ({cols})")
         log.warning("target table %s had no unique index on its source's primary key (%s): created %s. A unique "
                     "key the target had before still holds; drop it if the source no longer enforces it",
                     relation.qualified, ", ".join(relation.primary_key), index)

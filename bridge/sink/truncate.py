@@ -23,6 +23,7 @@ from psycopg import sql
 from bridge.errors import SinkError
 from bridge.events import Position
 from bridge.sink.positions import PositionTable
+from bridge.sink.statements import run
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class TruncateBarrier:
                 if first:
                     if complete and conn.execute("SELECT to_regclass(%s)", (
                             sql.Identifier(schema, table).as_string(conn),)).fetchone() not in (None, (None,)):
-                        conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(schema, table)))
+                        run(conn, sql.SQL("TRUNCATE {}").format(sql.Identifier(schema, table)))
                         log.info("truncated %s.%s at %s (last of %d partitions)", schema, table, at, partitions,
                                  extra={"topic": topic, "partition": partition, "position": str(at)})
                     self.positions.upsert(conn, {(topic, partition): at})

@@ -15,7 +15,7 @@ from bridge.errors import SinkError, TargetSchemaError
 from bridge.events import ChangeEvent, Op, Position
 from bridge.lsn import Lsn
 from bridge.relation import Column, Relation
-from bridge.sink.apply import Applier, KeylessTableError, RecordRejectedError
+from bridge.sink.apply import Applier, KeylessTableError, RecordRejectedError, TableRejectedError
 from bridge.sink.records import SinkRecord
 
 TS_INF, TS_NINF = 2**63 - 1, -(2**63)
@@ -364,16 +364,29 @@ def test_extra_target_columns_and_looser_types_are_accepted(target_dsn: str, app
 @pytest.mark.parametrize(("ddl", "column"), [
     ("CREATE TABLE orders (id bigint PRIMARY KEY, amount integer, status text, big text)", "amount"),
     ("CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric, status boolean, big text)", "status"),
-    ("CREATE TABLE orders (id bigint, amount numeric, status text, big text)", "id"),
 ])
 def test_target_schema_error_names_table_and_column(target_dsn: str, applier: Applier, ddl: str, column: str) -> None:
     with psycopg.connect(target_dsn, autocommit=True) as c:
         c.execute(ddl)
-    with pytest.raises(TargetSchemaError) as err:
+    with pytest.raises(TableRejectedError) as err:
         applier.apply([Stream().rec(ORDERS, Op.INSERT, (1, Decimal("1"), "a", None))])
+    assert isinstance(err.value.__cause__, TargetSchemaError)
+    assert err.value.table == ("public", "orders")
     assert err.value.context["table"] == "public.orders"
     assert err.value.context["column"] == column
     assert "public.orders" in str(err.value)
+
+
+def test_target_without_the_key_gets_a_unique_index_on_it(target_dsn: str, applier: Applier) -> None:
+    """The source's key changed (or the target was made by hand): the sink follows the key."""
+    with psycopg.connect(target_dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE orders (id bigint, amount numeric, status text, big text)")
+    s = Stream()
+    applier.apply([s.rec(ORDERS, Op.INSERT, (1, Decimal("1"), "a", None))])
+    s.commit()
+    applier.apply([s.rec(ORDERS, Op.UPDATE, (1, Decimal("2"), "b", None))])
+    assert rows(target_dsn, "SELECT id, amount, status FROM orders") == [(1, Decimal("2"), "b")]
+    assert rows(target_dsn, "SELECT indexdef LIKE '%UNIQUE%(id)' FROM pg_indexes WHERE tablename = 'orders'") == [(True,)]
 
 
 # -- dead letters ------------------------------------------------------------------------------
