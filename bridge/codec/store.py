@@ -106,6 +106,15 @@ def _full_name(schema: Schema) -> str:
     return f"{ns}.{name}" if ns and "." not in name else str(name)
 
 
+def is_published_form(schema: Schema) -> bool:
+    """Whether `schema`'s name carries the CRC-32 suffix of the rest of it, as `published_form`
+    writes it: a schema that reuses another's name with other properties does not."""
+    name = schema.get("name")
+    if not isinstance(name, str) or len(name) < 10 or name[-9] != "_":
+        return False
+    return published_form({**schema, "name": name[:-9]}) == schema
+
+
 def published_form(schema: Schema) -> Schema:
     """`schema` with its record name suffixed by the CRC-32 of its full JSON (see module doc)."""
     if not isinstance(schema, dict) or "name" not in schema:
@@ -267,6 +276,8 @@ class TopicSchemaStore:
                     reason = "not a JSON object"
                 elif framing.fingerprint(schema) != key:
                     reason = "fingerprint does not match its key"
+                elif not is_published_form(schema):
+                    reason = "name does not carry the checksum of its content"
             except Exception as exc:  # json and fastavro raise several types, RecursionError among them
                 reason = f"unreadable ({type(exc).__name__})"
         if reason is not None:
@@ -276,9 +287,18 @@ class TopicSchemaStore:
             log.warning("skipping schema entry: %s topic=%s offset=%s", reason, self.topic, offset)
             return
         header = framing.single_object_prefix(key)
-        if header not in self._by_header:
+        known = self._by_header.get(header)
+        if known is None:
             self._by_header[header] = schema
             self._held_bytes += len(value)
+        elif known != schema:
+            # Two schemas with one fingerprint (CRC-64 and CRC-32 can be made to collide): the first
+            # in the topic stays, as the producer publishes a schema before any record using it.
+            from bridge import metrics
+
+            metrics.SCHEMAS_SKIPPED.labels("fingerprint conflict").inc()
+            log.error("schema entry conflicts with an earlier one of the same fingerprint; keeping the earlier "
+                      "topic=%s offset=%s fingerprint=%s", self.topic, offset, key.hex())
 
     def _refuse(self, key: bytes, value: bytes) -> str | None:
         """Why an entry is skipped before it is parsed, or None."""
