@@ -92,7 +92,7 @@ def _column(f: Any) -> Column:
     if not isinstance(base, str) or not _TYPNAME.match(base) or len(base.encode()) > NAME_MAX_BYTES:
         raise SchemaError("pg.base is not a type name", value=repr(base)[:80], **_where(name, "pg.base"))
     kind = f.get("pg.kind", "b")
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise SchemaError("pg.kind is not a pg_type.typtype letter", value=repr(kind)[:20], **_where(name, "pg.kind"))
     missing = f.get("pg.missing")
     if missing is not None and (not isinstance(missing, str) or "\x00" in missing
@@ -120,12 +120,12 @@ def _relation(schema: dict[str, Any]) -> Relation:
     if len(set(names)) != len(names):
         raise SchemaError("two fields name the same column", property="pg.name")
     pk = schema.get("pg.primary_key", [])
-    if not isinstance(pk, list) or len(pk) > MAX_KEY_COLUMNS or len(set(map(str, pk))) != len(pk) \
-            or any(k not in names for k in pk):
+    if not isinstance(pk, list) or len(pk) > MAX_KEY_COLUMNS or not all(isinstance(k, str) for k in pk) \
+            or len(set(pk)) != len(pk) or any(k not in names for k in pk):
         raise SchemaError("pg.primary_key must list distinct columns of the row", value=repr(pk)[:120],
                           property="pg.primary_key")
     identity = schema.get("pg.replica_identity", "d")
-    if identity not in _IDENTITIES:
+    if not isinstance(identity, str) or identity not in _IDENTITIES:
         raise SchemaError("pg.replica_identity must be one of d, f, n, i", value=repr(identity)[:20],
                           property="pg.replica_identity")
     return Relation(schema=identifier(schema.get("pg.schema"), "pg.schema"),
@@ -148,6 +148,16 @@ def relation_from_schema(schema: Any, *, topic_prefix: str | None = None) -> Rel
     With `topic_prefix`, the namespace must also be the one the producer derives from that prefix
     and the relation's schema and table. Raises `SchemaError` naming what is wrong.
     """
+    try:
+        return _checked(schema, topic_prefix)
+    except SchemaError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+        # a shape no check above foresaw: still a refusal, never a crash
+        raise SchemaError(f"malformed schema: {type(exc).__name__}") from exc
+
+
+def _checked(schema: Any, topic_prefix: str | None) -> Relation:
     if not isinstance(schema, dict):
         raise SchemaError("a value schema is a JSON object")
     name = schema.get("name")
