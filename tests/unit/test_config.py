@@ -267,3 +267,26 @@ def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
         c.source.slot = "x"  # type: ignore[misc]
     assert isinstance(c, Config)
+
+
+@pytest.mark.parametrize(("yaml_text", "fails"), [
+    ("source: {tables: ['*.*']}\n", True),
+    ("source: {tables: ['pg*.*']}\n", True),
+    ("source: {tables: ['*.*'], exclude: ['pgbridge_state.*']}\n", False),
+    ("source: {tables: ['public.*', 'sales.*']}\n", False),
+    ("source: {tables: ['*.*']}\nsink: {state_schema: audit}\n", True),
+    ("sink: {state_schema: pg_catalog}\n", True),
+])
+def test_captured_tables_cannot_map_onto_the_sink_state(tmp_path: Path, yaml_text: str, fails: bool) -> None:
+    path = write(tmp_path, yaml_text)
+    if fails:
+        message = error_of(path)
+        assert "state" in message
+    else:
+        assert load_config(path, {}).sink.state_schema == "pgbridge_state"
+
+
+def test_position_schema_is_the_deprecated_name_of_state_schema(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, "sink: {position_schema: bridge}\n"), {})
+    assert c.sink.state_schema == "bridge" and c.sink.position_schema is None
+    assert "sink.tables" in error_of(write(tmp_path, "sink: {tables: ['nodot']}\n"))
