@@ -46,6 +46,9 @@ _REJECT_CLASSES = ("22", "23", "P0")
 # access rule (a type it cannot cast, no privilege), 54 program limit (too many columns), 0A
 # feature not supported. Retrying cannot help; the table's records go to the dead-letter topic.
 _TABLE_REJECT_CLASSES = ("42", "54", "0A")
+# Failures that pass by themselves: connection, operator intervention (shutdown), transaction
+# rollback (serialization, deadlock), insufficient resources.
+_PASSING_CLASSES = ("08", "57", "40", "53")
 # Python errors a value of the wrong form raises while it is encoded for COPY.
 # Rows encoded per COPY write: big enough to amortise the call, small enough that the server
 # parses one chunk while Python encodes the next.
@@ -268,15 +271,28 @@ class Applier:
         """Step 3 for one table: its records (grouped per relation version) in position order
         where it matters, split at truncates and relation versions."""
         if len(rels) == 1 and not any(r.change.op is Op.TRUNCATE for r in groups[0]):
-            self._apply_rows(cur, self._tables.plan(conn, rels[0]), groups[0])
+            self._apply_rows(cur, self._plan(conn, rels[0]), groups[0])
             return
         recs = sorted((r for g in groups for r in g), key=_position_key)
         for kind, rel, seg in _segments(recs):
-            plan = self._tables.plan(conn, rel)
+            plan = self._plan(conn, rel)
             if kind == "t":
                 run(cur, plan.truncate_sql)
             else:
                 self._apply_rows(cur, plan, seg)
+
+    def _plan(self, conn: psycopg.Connection[Any], rel: Relation) -> TablePlan:
+        """The table's plan (creating or evolving the target table). A failure here is about the
+        table, not a row: any refusal but a passing one (connection, shutdown, serialization,
+        resources) rejects the table."""
+        try:
+            return self._tables.plan(conn, rel)
+        except psycopg.Error as exc:
+            sqlstate = exc.sqlstate or ""
+            if not sqlstate or sqlstate[:2] in _PASSING_CLASSES:
+                raise
+            raise TableRejectedError(f"target refuses table {rel.qualified}: {str(exc).strip()}",
+                                     table=(rel.schema, rel.table), sqlstate=sqlstate) from exc
 
     def _stage(self, cur: psycopg.Cursor[Any], plan: TablePlan, items: list[Item]) -> None:
         """COPY `items` into the plan's staging table (created on first use, emptied before use).

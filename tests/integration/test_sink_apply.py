@@ -389,6 +389,23 @@ def test_target_without_the_key_gets_a_unique_index_on_it(target_dsn: str, appli
     assert rows(target_dsn, "SELECT indexdef LIKE '%UNIQUE%(id)' FROM pg_indexes WHERE tablename = 'orders'") == [(True,)]
 
 
+def test_a_table_the_target_refuses_is_rejected_whole_while_others_apply(target_dsn: str, applier: Applier) -> None:
+    """The target repeats the source's key in rows, so no unique index can follow the key: every
+    record of that table is rejected (one decision, no bisection) and the other table applies."""
+    with psycopg.connect(target_dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE orders (id bigint, amount numeric, status text, big text)")
+        c.execute("INSERT INTO orders VALUES (1, 1, 'a', NULL), (1, 2, 'b', NULL)")
+    other = Relation("public", "other", (col("id", "integer", "int4", not_null=True),), primary_key=("id",))
+    s = Stream()
+    recs = [s.rec(ORDERS, Op.INSERT, (i, Decimal(i), "x", None)) for i in range(5, 9)]
+    recs += [s.rec(other, Op.INSERT, (i,)) for i in range(3)]
+    positions, rejects = applier.apply_isolating(recs)
+    assert [r.change.relation.table for r, _ in rejects] == ["orders"] * 4
+    assert all(isinstance(e, TableRejectedError) and e.context.get("sqlstate") == "23505" for _, e in rejects)
+    assert rows(target_dsn, "SELECT id FROM other ORDER BY id") == [(0,), (1,), (2,)]
+    assert positions[(s.topic, 0)] == recs[-1].change.position
+
+
 # -- dead letters ------------------------------------------------------------------------------
 
 def test_check_violation_isolates_exactly_the_bad_record(target_dsn: str, applier: Applier) -> None:
