@@ -126,8 +126,14 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=120, check=False)
 
 
+# What a cluster with the Prometheus Operator's CRDs serves; without it the chart leaves the
+# ServiceMonitor/PrometheusRule out (tests/ecosystem/test_k8s.py checks both on a real API server).
+OPERATOR_APIS = ("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+                 "--api-versions", "monitoring.coreos.com/v1/PrometheusRule")
+
+
 def render(*args: str) -> list[Manifest]:
-    proc = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+    proc = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *OPERATOR_APIS, *args)
     assert proc.returncode == 0, proc.stderr
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
