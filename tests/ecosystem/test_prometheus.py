@@ -242,7 +242,7 @@ def test_dashboard_and_alerts_find_series_on_a_running_bridge(
     # decode (so the dead-letter counter has a topic).
     with psycopg.connect(source_dsn, autocommit=True) as conn:
         for i in range(5):
-            conn.execute("INSERT INTO public.m SELECT g, g, 'row' FROM generate_series(%s, %s) g",
+            conn.execute("INSERT INTO public.m SELECT g, g, 'row' FROM generate_series(%s::int, %s::int) g",
                          (1000 + 100 * i, 1099 + 100 * i))
             conn.execute("UPDATE public.m SET v = v + 1 WHERE id %% 7 = %s", (i,))
         conn.execute("DELETE FROM public.m WHERE id BETWEEN 10 AND 19")
