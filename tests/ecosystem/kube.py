@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +23,25 @@ from bridge.local import free_port
 Manifest = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
 class ApiError(Exception):
     """An HTTP error answer of the API server, with its Status body."""
 
-    method: str
-    path: str
-    code: int
-    body: str
+    def __init__(self, method: str, path: str, code: int, body: str) -> None:
+        super().__init__(f"{method} {path}: HTTP {code}: {body[:2000]}")
+        self.method = method
+        self.path = path
+        self.code = code
+        self.body = body
 
-    def __str__(self) -> str:
-        return f"{self.method} {self.path}: HTTP {self.code}: {self.body[:2000]}"
 
-
-def _wait(url: str, ready: Any, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def _wait(url: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Returns once `ready()` is true; raises RuntimeError (with the log's end) when `proc` exits
+    or `timeout` passes first."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
             if ready():
                 return
