@@ -181,7 +181,7 @@ class KubeApiServer:
             name = crd["metadata"]["name"]
             while True:
                 got = self.request("GET", f"{path}/{name}")
-                conds = {c["type"]: c["status"] for c in got.get("status", {}).get("conditions", [])}
+                conds = {c["type"]: c["status"] for c in (got.get("status") or {}).get("conditions") or []}
                 if conds.get("Established") == "True":
                     break
                 assert time.monotonic() < deadline, f"CRD {name} not established: {conds}"

@@ -48,7 +48,8 @@ SCRAPE_S = 1
 # max(4 x scrape interval, $__interval + scrape interval); the namespace variable picks ours.
 GRAFANA_VARS = {"__rate_interval": f"{8 * SCRAPE_S}s", "__interval": f"{2 * SCRAPE_S}s", "__range": "5m",
                 "namespace": NAMESPACE}
-METRIC = re.compile(r"\b(bridge_[a-z0-9_]+)(\{[^}]*\})?")
+# The bridge's metrics, and Prometheus' `up` of the scrape (PgBridgeComponentDown uses it).
+METRIC = re.compile(r"\b(bridge_[a-z0-9_]+|up(?=\{))(\{[^}]*\})?")
 BY = re.compile(r"\bby\s*\(([^)]*)\)")
 THRESHOLD = re.compile(r"\s*(==|!=|>=|<=|>|<)\s*[0-9.eE+-]+\s*$")
 
