@@ -2,6 +2,7 @@
 # Installs the system packages the bridge's local services need, only where missing:
 #   postgres  -> PostgreSQL 15 server binaries (Debian postgresql-15)
 #   kafka     -> a JDK and Maven (Apache Kafka is assembled from Maven Central)
+#   etcd      -> etcd (Debian etcd-server), the store of the test Kubernetes API server
 # Usage: tools/ensure-system-deps.sh postgres [kafka]
 set -euo pipefail
 need=()
@@ -15,6 +16,8 @@ for what in "$@"; do
     kafka)
       command -v java >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
       command -v mvn >/dev/null 2>&1 || need+=(maven) ;;
+    etcd)
+      command -v etcd >/dev/null 2>&1 || need+=(etcd-server) ;;
     *) echo "unknown dependency group: $what" >&2; exit 2 ;;
   esac
 done

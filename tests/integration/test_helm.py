@@ -126,8 +126,14 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=120, check=False)
 
 
+# What a cluster with the Prometheus Operator's CRDs serves; without it the chart leaves the
+# ServiceMonitor/PrometheusRule out (tests/ecosystem/test_k8s.py checks both on a real API server).
+OPERATOR_APIS = ("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+                 "--api-versions", "monitoring.coreos.com/v1/PrometheusRule")
+
+
 def render(*args: str) -> list[Manifest]:
-    proc = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+    proc = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *OPERATOR_APIS, *args)
     assert proc.returncode == 0, proc.stderr
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
@@ -364,7 +370,9 @@ def test_alert_rules_cover_the_slot_and_pipeline(rendered: dict[str, list[Manife
     for name, r in alerts.items():
         refs = _referenced_metrics(r["expr"])
         assert refs and refs <= SERIES, f"{name}: unknown metrics {refs - SERIES}"
-        assert r["expr"].count(selector) == len(METRIC_REF.findall(r["expr"])), f"{name} not scoped to the release"
+        # every selector, the bridge's metrics and Prometheus' own `up` of the scrape, is scoped
+        assert r["expr"].count(selector) == len(re.findall(r"\b(?:bridge_[a-z0-9_]+|up)\{", r["expr"])), \
+            f"{name} not scoped to the release"
     # thresholds from the values file
     assert alerts["PgBridgeRetainedWalHigh"]["expr"].endswith("> 5368709120")
     assert alerts["PgBridgeNoProgress"]["expr"].endswith("> 900")

@@ -224,3 +224,21 @@ spec:
     {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- end -}}
+
+{{/*
+"true" when the ServiceMonitor (resp. PrometheusRule) is enabled AND the cluster serves its API
+(the Prometheus Operator's CRDs are installed). Without the check an install on a cluster without
+the operator fails ("no matches for kind ServiceMonitor"). `helm template` knows no cluster: pass
+`--api-versions monitoring.coreos.com/v1/ServiceMonitor` (and .../PrometheusRule) to render them.
+*/}}
+{{- define "pgbridge.serviceMonitor.render" -}}
+{{- if and .Values.serviceMonitor.enabled (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor") -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- define "pgbridge.prometheusRule.render" -}}
+{{- if and .Values.prometheusRule.enabled (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PrometheusRule") -}}
+true
+{{- end -}}
+{{- end -}}
