@@ -46,6 +46,16 @@ class ModifierError(CodecError):
     (they print types without modifiers). The producer re-reads the table from the catalog."""
 
 
+class SchemaRefusedError(CodecError):
+    """The schema registry refused a new schema version: the subject's compatibility level does
+    not allow the change (HTTP 409). Names the subject and the level. The producer holds the
+    stream and asks again until the operator has made the change acceptable."""
+
+
+class RegistryUnavailableError(CodecError):
+    """The schema registry did not answer (connection refused, timeout, HTTP 5xx): transient."""
+
+
 class SourceError(BridgeError):
     """The source PostgreSQL or its slot is not usable (wal_level, plugin, privilege, lost WAL ...)."""
 

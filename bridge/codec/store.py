@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bridge.codec import framing
-from bridge.errors import CodecError, ConfigError
+from bridge.errors import CodecError, ConfigError, RegistryUnavailableError, SchemaRefusedError
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,9 @@ class RegistrySchemaStore:
         self._by_id: dict[int, Schema] = {}
 
     def register(self, schema: Schema, *, subject: str | None = None) -> bytes:
-        """See `SchemaStore.register`. Raises `CodecError` when the registry refuses it."""
+        """See `SchemaStore.register`. Raises `SchemaRefusedError` when the subject's
+        compatibility level refuses it, `RegistryUnavailableError` when the registry does not
+        answer, `CodecError` for any other refusal."""
         subj = subject or _full_name(schema)
         key = (subj, _json(schema))
         header = self._registered.get(key)
@@ -279,12 +281,38 @@ class RegistrySchemaStore:
             try:
                 schema_id = int(self._client.register_schema(subj, self._schema_type(json.dumps(schema), "AVRO")))
             except Exception as exc:
-                raise CodecError(f"schema registry refused the schema: {exc}", subject=subj) from exc
+                raise self._refusal(exc, subj) from exc
             header = framing.confluent_prefix(schema_id)
             self._by_id[schema_id] = schema
             self._registered[key] = header
             log.info("schema registered subject=%s id=%s", subj, schema_id)
             return header
+
+    def _refusal(self, exc: Exception, subject: str) -> CodecError:
+        """The error for a failed registration: `SchemaRefusedError` (HTTP 409, with the subject's
+        compatibility level), `RegistryUnavailableError` (no answer, HTTP 5xx), else `CodecError`."""
+        status = getattr(exc, "http_status_code", None)
+        reason = getattr(exc, "error_message", None) or str(exc)
+        if status == 409:
+            return SchemaRefusedError(
+                "schema registry refused the new schema version as incompatible with the subject's "
+                "earlier versions; make the change compatible (e.g. add a nullable column instead of "
+                "changing a type), or change the subject's compatibility level "
+                f"(PUT /config/{subject}) or register the version yourself",
+                subject=subject, compatibility=self._compatibility(subject), reason=reason[:600])
+        if status is None or status >= 500 or status in (408, 429):
+            return RegistryUnavailableError(f"schema registry unavailable: {reason[:300]}", subject=subject)
+        return CodecError(f"schema registry refused the schema: {reason[:600]}", subject=subject,
+                          http_status=status)
+
+    def _compatibility(self, subject: str) -> str:
+        """The subject's compatibility level (its own, else the registry's global), for messages."""
+        for name in (subject, None):
+            try:
+                return str(self._client.get_compatibility(name))
+            except Exception:
+                continue
+        return "unknown"
 
     def lookup(self, data: bytes) -> tuple[Schema, int]:
         """See `SchemaStore.lookup`."""
