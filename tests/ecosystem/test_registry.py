@@ -12,21 +12,33 @@ then the pipeline goes on without a restart.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from confluent_kafka import Consumer, KafkaError
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from bridge.codec.names import topic_name
+from bridge.local import free_port
 from bridge.local.registry import LocalRegistry
 from tests.conftest import Broker
-from tests.pipeline import BridgeProcess, check_alive, logs_of, wait_converged, wait_slot_active, write_config
+from tests.pipeline import (
+    REPO,
+    BridgeProcess,
+    check_alive,
+    logs_of,
+    wait_converged,
+    wait_slot_active,
+    write_config,
+)
 
 DDL = """
 CREATE TABLE public.items (id int PRIMARY KEY, name varchar(20) NOT NULL, price numeric(8,2), qty int);
@@ -184,3 +196,44 @@ def test_incompatible_change_holds_the_producer_until_the_operator_acts(
         for p in procs:
             p.terminate()
 
+
+
+def test_demo_with_registry() -> None:
+    """`pgbridge demo --registry` (what `REGISTRY=1 make demo` runs): Confluent framing through a
+    local Apicurio, one key and one value subject per table, target equals source."""
+    res = subprocess.run([sys.executable, "-m", "bridge", "demo", "--registry", "--seconds", "5", "--rate", "300",
+                          "--metrics-port", str(free_port())], capture_output=True, text=True, timeout=400,
+                         cwd=REPO)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "schema registry: http://127.0.0.1:" in res.stdout
+    assert "registry subjects 6 (demo.public.Line_Items-key" in res.stdout, res.stdout[-3000:]
+    assert "target == source  yes" in res.stdout, res.stdout[-3000:]
+
+
+@pytest.mark.parametrize("broker", ["tansu"], indirect=True)
+def test_unreachable_registry_holds_the_producer_until_it_answers(broker: Broker, source_dsn: str,
+                                                                  target_dsn: str, tmp_path: Path) -> None:
+    """The registry is down when the first schema is needed: the producer waits for it (alive,
+    saying so) and goes on when it answers again."""
+    own = LocalRegistry().start()
+    try:
+        _cfg, producer, sink, _topic = _start(broker, own, source_dsn, target_dsn, tmp_path)
+        procs = [producer, sink]
+        try:
+            own.stop()
+            with psycopg.connect(source_dsn, autocommit=True) as conn:
+                conn.execute("INSERT INTO public.items VALUES (1, 'one', 1, 1)")
+            deadline = time.monotonic() + 60
+            while "schema registry unavailable" not in producer.log_tail(100) and time.monotonic() < deadline:
+                check_alive(procs)
+                time.sleep(0.5)
+            assert "schema registry unavailable" in producer.log_tail(100), producer.log_tail(100)
+            assert producer.alive(), logs_of(procs)
+            own.start()
+            wait_converged(source_dsn, target_dsn, {"public.items": (COLUMNS[:4], "id")}, procs=procs)
+            assert producer.starts == 1
+        finally:
+            for p in procs:
+                p.terminate()
+    finally:
+        own.destroy()
