@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 Schema = dict[str, Any]
 
 _MISSING_RETRY_S = 1.0  # a fingerprint found missing is looked for again after this long
+_REGISTRY_TIMEOUT_S = 10  # seconds per schema registry request (the client's default: none)
 
 
 class SchemaStore(Protocol):
@@ -258,7 +259,9 @@ class RegistrySchemaStore:
         except ImportError as exc:
             raise ConfigError("the schema registry client needs confluent-kafka[schemaregistry]",
                               missing=exc.name) from exc
-        full = {"url": url, **(conf or {})}
+        # The client's default is no timeout at all: a registry that hangs would hang the
+        # producer or sink inside a call. With one, it is "unavailable" and waited for.
+        full = {"url": url, "timeout": _REGISTRY_TIMEOUT_S, **(conf or {})}
         new = getattr(SchemaRegistryClient, "new_client", None)
         if client is None:
             client = new(full) if new is not None else SchemaRegistryClient(full)
@@ -315,7 +318,8 @@ class RegistrySchemaStore:
         return "unknown"
 
     def lookup(self, data: bytes) -> tuple[Schema, int]:
-        """See `SchemaStore.lookup`."""
+        """See `SchemaStore.lookup`. Raises `RegistryUnavailableError` (a `CodecError`) when the
+        registry does not answer: the record is not at fault and must be read again later."""
         schema_id = framing.confluent_schema_id(data)
         schema = self._by_id.get(schema_id)
         if schema is None:
@@ -323,6 +327,11 @@ class RegistrySchemaStore:
                 try:
                     text = self._client.get_schema(schema_id).schema_str
                 except Exception as exc:
+                    status = getattr(exc, "http_status_code", None)
+                    if status is None or status >= 500 or status in (408, 429):
+                        # not the record's fault: the caller reads it again later
+                        raise RegistryUnavailableError(f"schema registry unavailable: {str(exc)[:300]}",
+                                                       schema_id=schema_id) from exc
                     raise CodecError(f"unknown schema id: {exc}", schema_id=schema_id) from exc
                 schema = self._by_id[schema_id] = json.loads(text)
         return schema, framing.CONFLUENT_HEADER

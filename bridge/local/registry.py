@@ -140,10 +140,20 @@ class LocalRegistry:
             raise BridgeError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:500]!r}") from exc
         return json.loads(text) if text else None
 
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers (a hung registry)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 30.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
+            os.killpg(self.proc.pid, signal.SIGCONT)
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

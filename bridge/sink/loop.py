@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from bridge import metrics
 from bridge.ack.channel import Ack, AckPublisher
-from bridge.errors import BridgeError, CodecError, SinkError
+from bridge.errors import BridgeError, CodecError, RegistryUnavailableError, SinkError
 from bridge.events import Op, Position
 from bridge.retry import retry_while
 from bridge.sink.deadletter import DeadLetters
@@ -54,6 +54,10 @@ class ApplierLike(Protocol):
 
     @property
     def conn(self) -> psycopg.Connection[Any]: ...
+
+
+_REGISTRY_FIRST_WAIT_S = 1.0  # the schema registry did not answer: read again after 1, 2, 4 … s
+_REGISTRY_MAX_WAIT_S = 10.0  # at most this, well inside max.poll.interval.ms (the group membership)
 
 
 def _broker_transient(exc: BaseException) -> bool:
@@ -163,6 +167,8 @@ class SinkLoop:
         self.barrier = barrier
         self.stop = stop or threading.Event()
         self._waiting: dict[tuple[str, int], _Waiting] = {}
+        self._unread: set[tuple[str, int]] = set()  # partitions sought back for the registry
+        self._unread_delay = _REGISTRY_FIRST_WAIT_S
         self._partitions: dict[str, int] = {}
         self._lag_at = 0.0
 
@@ -224,6 +230,10 @@ class SinkLoop:
             msgs = self.consumer.consume(want, 0)
         for msg in msgs:
             self._take(msg)
+        if self._unread:
+            self._wait_for_registry()
+        elif msgs:
+            self._unread_delay = _REGISTRY_FIRST_WAIT_S
         if self._waiting:
             self._check_waiting()
         now = time.monotonic()
@@ -246,8 +256,8 @@ class SinkLoop:
             log.warning("consumer: %s", err)
             return
         topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-        if (topic, partition) in self._waiting:
-            return  # fetched before the pause: read again after the barrier (seek)
+        if (topic, partition) in self._waiting or (topic, partition) in self._unread:
+            return  # fetched before the pause / the seek back: read again later
         b = self._batch
         if b.empty():
             b.started = time.monotonic()
@@ -257,6 +267,9 @@ class SinkLoop:
             return  # a tombstone: it only serves compaction; its delete came just before it
         try:
             change = self.decode(value)
+        except RegistryUnavailableError as exc:
+            self._unread_from(topic, partition, offset, exc)
+            return
         except (CodecError, BridgeError) as exc:
             b.offsets[(topic, partition)] = offset + 1
             b.messages[(topic, partition, offset)] = msg
@@ -271,6 +284,25 @@ class SinkLoop:
         b.raw_bytes += len(value)
         b.messages[(topic, partition, offset)] = msg
         b.records.append(self.make_record(topic, partition, offset, change))
+
+    def _unread_from(self, topic: str, partition: int, offset: int, exc: RegistryUnavailableError) -> None:
+        """The schema registry did not answer for this record's schema: it is not the record's
+        fault, so it must not become a dead letter. Seek the partition back to it (what the
+        batch holds before it is committed as usual) and skip the rest of what was fetched from
+        that partition; `step` then waits before it is read again."""
+        log.warning("%s; reading %s/%s again from offset %s", exc, topic, partition, offset,
+                    extra={"topic": topic, "partition": partition, "offset": offset})
+        self._unread.add((topic, partition))
+        self.consumer.seek(TopicPartition(topic, partition, offset))
+
+    def _wait_for_registry(self) -> None:
+        """After a seek back for the registry: wait 1, 2, 4 … at most 10 s (a batch that holds
+        records is committed first, so the wait does not hold it), then read on."""
+        if not self._batch.empty():
+            self.commit()
+        self.stop.wait(self._unread_delay)
+        self._unread_delay = min(self._unread_delay * 2, _REGISTRY_MAX_WAIT_S)
+        self._unread.clear()
 
     def _report_lag(self) -> None:
         """`bridge_sink_consumer_lag`: records between the consumer's position and the high

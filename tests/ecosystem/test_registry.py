@@ -237,3 +237,39 @@ def test_unreachable_registry_holds_the_producer_until_it_answers(broker: Broker
                 p.terminate()
     finally:
         own.destroy()
+
+
+@pytest.mark.parametrize("broker", ["tansu"], indirect=True)
+def test_sink_waits_for_a_hung_registry_instead_of_dead_lettering(broker: Broker, source_dsn: str, target_dsn: str,
+                                                                  tmp_path: Path) -> None:
+    """The sink meets records whose schema it has not fetched yet while the registry hangs: the
+    records are not at fault, so none may become a dead letter; they are applied once it answers."""
+    own = LocalRegistry().start()
+    try:
+        cfg, producer, sink, topic = _start(broker, own, source_dsn, target_dsn, tmp_path)
+        sink.terminate()  # the sink starts later, when the registry hangs
+        procs = [producer]
+        try:
+            with psycopg.connect(source_dsn, autocommit=True) as conn:
+                conn.execute("INSERT INTO public.items SELECT g, 'n' || g, g, g FROM generate_series(1, 50) g")
+            deadline = time.monotonic() + 60
+            while len(_read_all(broker.bootstrap, topic)) < 50 and time.monotonic() < deadline:
+                check_alive(procs)
+                time.sleep(0.5)
+            own.pause()
+            late = BridgeProcess("sink", cfg, tmp_path, name="late-sink").start()
+            procs.append(late)
+            deadline = time.monotonic() + 90
+            while "schema registry unavailable" not in late.log_tail(100) and time.monotonic() < deadline:
+                check_alive(procs)
+                time.sleep(0.5)
+            assert "schema registry unavailable" in late.log_tail(100), late.log_tail(100)
+            own.resume()
+            wait_converged(source_dsn, target_dsn, {"public.items": (COLUMNS[:4], "id")}, procs=procs)
+            assert "dead letter" not in late.log_tail(400), late.log_tail(400)
+        finally:
+            own.resume()
+            for p in procs:
+                p.terminate()
+    finally:
+        own.destroy()
