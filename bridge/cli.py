@@ -425,6 +425,18 @@ def cmd_slot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_registry(url: str) -> tuple[str, bool, str]:
+    """`check`'s line for the schema registry: it answers, with its subject count and level."""
+    from bridge.codec import RegistrySchemaStore
+    from bridge.config import redact_text
+
+    try:
+        subjects, level = RegistrySchemaStore(url).describe()
+        return ("kafka.schema_registry", True, f"{subjects} subject(s), compatibility {level}")
+    except Exception as exc:
+        return ("kafka.schema_registry", False, redact_text(str(exc))[:300])
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from confluent_kafka.admin import AdminClient
 
@@ -440,6 +452,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         results.append(("kafka.reachable", bool(md.brokers), f"{len(md.brokers)} broker(s)"))
     except Exception as exc:
         results.append(("kafka.reachable", False, str(exc)))
+    if cfg.kafka.schema_registry_url:
+        results.append(_check_registry(cfg.kafka.schema_registry_url))
     if cfg.sink.dsn:
         import psycopg
 

@@ -291,6 +291,11 @@ class RegistrySchemaStore:
             log.info("schema registered subject=%s id=%s", subj, schema_id)
             return header
 
+    def describe(self) -> tuple[int, str]:
+        """(number of subjects, global compatibility level): what `pgbridge check` reports.
+        Raises whatever the client raises when the registry does not answer."""
+        return len(self._client.get_subjects()), str(self._client.get_compatibility())
+
     def _refusal(self, exc: Exception, subject: str) -> CodecError:
         """The error for a failed registration: `SchemaRefusedError` (HTTP 409, with the subject's
         compatibility level), `RegistryUnavailableError` (no answer, HTTP 5xx), else `CodecError`."""

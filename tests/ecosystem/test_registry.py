@@ -273,3 +273,21 @@ def test_sink_waits_for_a_hung_registry_instead_of_dead_lettering(broker: Broker
                 p.terminate()
     finally:
         own.destroy()
+
+
+def test_check_reports_the_registry(registry: LocalRegistry, tmp_path: Path) -> None:
+    """`pgbridge check` exits 0 only when everything needed is in place: the registry too."""
+    dead = f"http://127.0.0.1:{free_port()}/apis/ccompat/v7"
+    for url, line in ((registry.url, "ok   kafka.schema_registry: "), (dead, "FAIL kafka.schema_registry: ")):
+        # no broker is needed to see the registry line: kafka.reachable fails alone otherwise
+        cfg = write_config(tmp_path, source_dsn="postgresql://u@127.0.0.1:1/x", target_dsn="postgresql://u@127.0.0.1:1/y",
+                           bootstrap="127.0.0.1:1", kafka__schema_registry_url=url)
+        data = json.loads(cfg.read_text())
+        del data["source"]["dsn"], data["sink"]["dsn"]
+        cfg.write_text(json.dumps(data))
+        res = subprocess.run([sys.executable, "-m", "bridge", "check", "--config", str(cfg)], capture_output=True,
+                             text=True, timeout=120, cwd=REPO)
+        assert line in res.stdout, res.stdout + res.stderr
+        assert res.returncode == 1  # the broker at 127.0.0.1:1 is never there
+        if url == registry.url:
+            assert "compatibility BACKWARD" in res.stdout
