@@ -325,6 +325,10 @@ def _serve(args: argparse.Namespace, component: str, build: Callable[[Config], t
         step()
 
     service.step = ticking
+    if component == "producer":
+        # held for a refused schema: alive (restarting would not help), but not ready
+        service.hold_tick = beat.beat
+        health.register_readiness("schema_accepted", lambda: service.held_for is None)
     try:
         service.run(stop)
     finally:

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 Schema = dict[str, Any]
 
 _MISSING_RETRY_S = 1.0  # a fingerprint found missing is looked for again after this long
-_REGISTRY_TIMEOUT_S = 10  # seconds per schema registry request (the client's default: none)
+_REGISTRY_TIMEOUT_S = 5  # seconds per schema registry request (the client's default: none); the client
+# tries 4 times, so a hung registry answers a call with an error after ~20 s
 
 
 class SchemaStore(Protocol):

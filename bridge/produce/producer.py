@@ -220,6 +220,9 @@ class ChangeProducer:
         self.fatal: BaseException | None = None
         self._stop = threading.Event()  # run()'s event, so a hold can end on SIGTERM
         self.held_for: str | None = None  # the subject a refused schema holds the stream for
+        # called every 0.2 s while held: cli.py beats the liveness check with it (a held producer
+        # is alive and must not be restarted, which would only meet the same refusal)
+        self.hold_tick: Callable[[], None] = lambda: None
 
     # -- topics -----------------------------------------------------------------------------
 
@@ -282,6 +285,7 @@ class ChangeProducer:
         """Wait `seconds` while taking delivery reports and acks; raise `_StoppedWhileHeld` on stop."""
         end = time.monotonic() + seconds
         while not self._stop.is_set() and time.monotonic() < end:
+            self.hold_tick()
             self.producer.poll(0.2)
             if self.acks is not None:
                 for ack in self.acks.poll(0):

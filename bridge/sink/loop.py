@@ -258,6 +258,12 @@ class SinkLoop:
         topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
         if (topic, partition) in self._waiting or (topic, partition) in self._unread:
             return  # fetched before the pause / the seek back: read again later
+        if self._unread:
+            # the registry did not answer in this step: do not ask it again for every partition
+            # (each call can take ~20 s), read them all again after the wait
+            self._unread.add((topic, partition))
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+            return
         b = self._batch
         if b.empty():
             b.started = time.monotonic()
@@ -297,7 +303,8 @@ class SinkLoop:
 
     def _wait_for_registry(self) -> None:
         """After a seek back for the registry: wait 1, 2, 4 … at most 10 s (a batch that holds
-        records is committed first, so the wait does not hold it), then read on."""
+        records is committed first, so the wait does not hold it), then read on. With the
+        registry's ~20 s per failed call, a step stays well inside the 60 s liveness check."""
         if not self._batch.empty():
             self.commit()
         self.stop.wait(self._unread_delay)

@@ -15,6 +15,8 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,16 @@ def _independent_decode(registry: LocalRegistry, bootstrap: str, topic: str) -> 
     return last
 
 
+def _probe(proc: BridgeProcess, path: str) -> int:
+    """The HTTP status of the process's /healthz or /readyz."""
+    port = proc.env["BRIDGE_METRICS__PORT"]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 def _source_rows(dsn: str) -> dict[int, dict[str, Any]]:
     with psycopg.connect(dsn) as conn:
         cur = conn.execute("SELECT id, name, price, qty, note FROM public.items")
@@ -113,7 +125,7 @@ def _start(broker: Broker, registry: LocalRegistry, source_dsn: str, target_dsn:
     cfg = write_config(tmp_path, source_dsn=source_dsn, target_dsn=target_dsn, bootstrap=broker.bootstrap,
                        kafka__schema_registry_url=registry.url)
     prefix = json.loads(cfg.read_text())["kafka"]["topic_prefix"]
-    producer = BridgeProcess("produce", cfg, tmp_path).start()
+    producer = BridgeProcess("produce", cfg, tmp_path, env={"BRIDGE_METRICS__PORT": str(free_port())}).start()
     sink = BridgeProcess("sink", cfg, tmp_path).start()
     slot = json.loads(cfg.read_text())["source"]["slot"]
     wait_slot_active(source_dsn, slot, producer)
@@ -186,6 +198,12 @@ def test_incompatible_change_holds_the_producer_until_the_operator_acts(
         assert "refused" in log and subject in log and "FULL" in log, log
         time.sleep(3)
         assert producer.alive(), f"the producer must wait, not exit:\n{logs_of(procs)}"
+        if broker.kind == "tansu":
+            # past the 60 s liveness window: still alive for Kubernetes (a restart would meet the
+            # same refusal), but not ready
+            time.sleep(62)
+            assert _probe(producer, "/healthz") == 200
+            assert _probe(producer, "/readyz") == 503
         with psycopg.connect(target_dsn) as conn:
             assert conn.execute("SELECT count(*) FROM public.items").fetchone() == (1,)
         # the operator relaxes the subject's level: the held change goes through
