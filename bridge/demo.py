@@ -1,7 +1,8 @@
 """`pgbridge demo`: everything local, nothing to set up.
 
 Starts a throwaway PostgreSQL (source and target databases) and a local Kafka-protocol broker
-(Tansu, or Apache Kafka with `--broker kafka`), runs producer and sink in this process, drives a
+(Tansu, or Apache Kafka with `--broker kafka`), with `--registry` a schema registry (Apicurio,
+Confluent framing), runs producer and sink in this process, drives a
 realistic workload (inserts, updates, deletes on three tables), shows live progress, then waits
 for the sink to catch up, checks that target equals source and prints a summary.
 """
@@ -127,20 +128,29 @@ def _quantile(hist: Any, q: float) -> float | None:
 
 
 def run_demo(seconds: float = 30.0, metrics_port: int = 9187, broker_kind: str = "tansu", rate: int = 2000,
-             out: Any = sys.stdout) -> int:
+             out: Any = sys.stdout, registry: bool = False) -> int:
+    """Run the demo; `registry` adds a local Apicurio Registry (installed on first use by
+    tools/install-apicurio.sh) as `kafka.schema_registry_url`. Returns the exit code."""
     from bridge.cli import build_producer, build_sink
     from bridge.local.brokers import BROKERS
     from bridge.local.postgres import LocalPostgres
+    from bridge.local.registry import LocalRegistry
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("bridge.kafka").setLevel(logging.CRITICAL)  # clients outliving the broker at exit
     print(f"starting PostgreSQL and {broker_kind} …", file=out, flush=True)
     pg = LocalPostgres().start()
     broker = BROKERS[broker_kind]().start()
+    reg: LocalRegistry | None = None
     health: HealthServer | None = None
     stop_all = threading.Event()
     threads: list[threading.Thread] = []
     try:
+        kafka: dict[str, Any] = {"bootstrap_servers": broker.bootstrap, "topic_prefix": "demo", "partitions": 3}
+        if registry:
+            print("starting the schema registry (Apicurio) …", file=out, flush=True)
+            reg = LocalRegistry().start()
+            kafka["schema_registry_url"] = reg.url
         source, target = pg.create_database("demo_src"), pg.create_database("demo_dst")
         with psycopg.connect(source, autocommit=True) as conn:
             conn.execute(DDL)
@@ -148,7 +158,7 @@ def run_demo(seconds: float = 30.0, metrics_port: int = 9187, broker_kind: str =
         cfg_path = tmp / "bridge.yaml"
         cfg_path.write_text(json.dumps({
             "source": {"dsn": source, "slot": "demo", "snapshot": "never", "heartbeat_interval_s": 2},
-            "kafka": {"bootstrap_servers": broker.bootstrap, "topic_prefix": "demo", "partitions": 3},
+            "kafka": kafka,
             "sink": {"dsn": target, "group_id": "demo-sink", "batch_max_ms": 100},
             "metrics": {"port": metrics_port, "host": "127.0.0.1"},
         }, indent=2))
@@ -174,6 +184,8 @@ def run_demo(seconds: float = 30.0, metrics_port: int = 9187, broker_kind: str =
         load_thread = threading.Thread(target=guarded(lambda _s: load.run(stop_load)), daemon=True)
         for t in [*threads, load_thread]:
             t.start()
+        if reg is not None:
+            print(f"schema registry: {reg.url} (subjects: {reg.url}/subjects)", file=out, flush=True)
         print(f"config: {cfg_path}\nmetrics: http://127.0.0.1:{health.port}/metrics\n"
               f"workload: ~{rate} changes/s for {seconds:.0f} s (Ctrl-C stops early)\n", file=out, flush=True)
         started = time.monotonic()
@@ -220,11 +232,16 @@ def run_demo(seconds: float = 30.0, metrics_port: int = 9187, broker_kind: str =
               file=out)
         print(f"  latency           p50 <= {p50} s, p99 <= {p99} s (commit -> applied, per batch)", file=out)
         print(f"  target rows       {counts}", file=out)
+        if reg is not None:
+            subjects = reg.request("GET", "/subjects")
+            print(f"  registry subjects {len(subjects)} ({', '.join(sorted(subjects))})", file=out)
         print(f"  target == source  {'yes' if ok else 'NO'}", file=out, flush=True)
         return 0 if ok else 1
     finally:
         stop_all.set()
         if health is not None:
             health.stop()
+        if reg is not None:
+            reg.destroy()
         broker.destroy()
         pg.destroy()

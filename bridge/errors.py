@@ -46,6 +46,21 @@ class ModifierError(CodecError):
     (they print types without modifiers). The producer re-reads the table from the catalog."""
 
 
+class SchemaRefusedError(CodecError):
+    """The schema registry refused a new schema version: the subject's compatibility level does
+    not allow the change (HTTP 409). Names the subject and the level. The producer holds the
+    stream and asks again until the operator has made the change acceptable."""
+
+
+class StoreUnavailableError(CodecError):
+    """The schema store could not be read (schema topic or registry away): says nothing about the
+    record, so the caller waits and reads it again rather than dead-lettering it."""
+
+
+class RegistryUnavailableError(StoreUnavailableError):
+    """The schema registry did not answer (connection refused, timeout, HTTP 5xx): transient."""
+
+
 class SourceError(BridgeError):
     """The source PostgreSQL or its slot is not usable (wal_level, plugin, privilege, lost WAL ...)."""
 

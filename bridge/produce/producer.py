@@ -26,7 +26,14 @@ from bridge import metrics
 from bridge.ack.channel import AckReader
 from bridge.ack.watermark import InFlight, Ledger
 from bridge.codec.codec import Stamp
-from bridge.errors import BridgeError, DecodeError, ModifierError, ProduceError
+from bridge.errors import (
+    BridgeError,
+    DecodeError,
+    ModifierError,
+    ProduceError,
+    RegistryUnavailableError,
+    SchemaRefusedError,
+)
 from bridge.events import Op, Position, Row
 from bridge.lsn import Lsn
 from bridge.produce.resnapshot import SNAPSHOT_MESSAGE, Resnapshotter
@@ -50,6 +57,12 @@ from bridge.source.test_decoding import ChangeLine, MessageLine, TruncateLine, p
 from bridge.tables import TableFilter
 
 log = logging.getLogger(__name__)
+
+_HOLD_MAX_WAIT_S = 30.0  # a refused schema is asked for again after 1, 2, 4 ... at most 30 s
+
+
+class _StoppedWhileHeld(Exception):
+    """`stop` was set while the stream was held for a refused schema (caught by `run`)."""
 
 
 class ChangeDecoderLike(Protocol):
@@ -186,6 +199,11 @@ class ChangeProducer:
         self.skipped_present = 0
         self.produced = 0
         self.fatal: BaseException | None = None
+        self._stop = threading.Event()  # run()'s event, so a hold can end on SIGTERM
+        self.held_for: str | None = None  # the subject a refused schema holds the stream for
+        # called every 0.2 s while held: cli.py beats the liveness check with it (a held producer
+        # is alive and must not be restarted, which would only meet the same refusal)
+        self.hold_tick: Callable[[], None] = lambda: None
 
     # -- topics -----------------------------------------------------------------------------
 
@@ -210,9 +228,51 @@ class ChangeProducer:
         out = self._outs.get(id(relation))
         if out is None or out.relation is not relation:
             topic = self._topic(relation.schema, relation.table)
-            out = self._outs[id(relation)] = _TableOut(relation, self.codec_for(relation), topic,
+            out = self._outs[id(relation)] = _TableOut(relation, self._codec(relation), topic,
                                                        self._partitions[topic], self._tails[topic])
         return out
+
+    def _codec(self, relation: Relation) -> TableCodecLike:
+        """The relation version's codec; while the schema registry refuses its schema (the
+        subject's compatibility level) or does not answer, hold the stream here and ask again.
+
+        Called before anything of the change at hand is sent. Holding keeps every guarantee:
+        the transaction's ledger entry stays open, so the slot is not confirmed past it, and
+        nothing after it is produced out of order. Meanwhile delivery reports and acks are still
+        taken. A restart would only meet the same refusal (a crash loop), so the producer stays
+        up and says, at each attempt, which subject and level refused what and what to do. A
+        replication connection that times out meanwhile is reopened by the capture afterwards;
+        what the server then sends again up to this transaction is skipped (`_publish`).
+        Raises `_StoppedWhileHeld` when `stop` is set during the hold.
+        """
+        delay = 1.0
+        while True:
+            try:
+                codec = self.codec_for(relation)
+            except (SchemaRefusedError, RegistryUnavailableError) as exc:
+                self.held_for = str(exc.context.get("subject", relation.qualified))
+                log.error("%s; holding the stream of slot %s at this transaction, next attempt in %.0fs",
+                          exc, self.slot, delay, extra={"slot": self.slot, "table": relation.qualified})
+                self._wait_held(delay)
+                delay = min(delay * 2, _HOLD_MAX_WAIT_S)
+                continue
+            if self.held_for is not None:
+                log.warning("schema accepted for %s: the stream goes on", relation.qualified,
+                            extra={"table": relation.qualified})
+                self.held_for = None
+            return codec
+
+    def _wait_held(self, seconds: float) -> None:
+        """Wait `seconds` while taking delivery reports and acks; raise `_StoppedWhileHeld` on stop."""
+        end = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < end:
+            self.hold_tick()
+            self.producer.poll(0.2)
+            if self.acks is not None:
+                for ack in self.acks.poll(0):
+                    self.ledger.acked((ack.topic, ack.partition), ack.position)
+        if self._stop.is_set():
+            raise _StoppedWhileHeld()
 
     def _passed_tails(self, commit_lsn: Lsn) -> None:
         """Records after every loaded tail cannot be in Kafka yet: stop checking tails."""
@@ -259,15 +319,20 @@ class ChangeProducer:
             for ack in self.acks.read_to_end():
                 self.ledger.acked((ack.topic, ack.partition), ack.position)
         metrics.UP.labels("producer").set(1)
+        self._stop = stop
         try:
-            if self.snapshot is not None:
-                self.run_snapshot(self.snapshot, stop)
-                self.snapshot = None
-            if not stop.is_set():
-                self.source = self.open_source()
-                self._reconnects = getattr(self.source, "reconnects", 0)
-            while not stop.is_set():
-                self.step()
+            try:
+                if self.snapshot is not None:
+                    self.run_snapshot(self.snapshot, stop)
+                    self.snapshot = None
+                if not stop.is_set():
+                    self.source = self.open_source()
+                    self._reconnects = getattr(self.source, "reconnects", 0)
+                while not stop.is_set():
+                    self.step()
+            except _StoppedWhileHeld:
+                log.warning("stopped while held for the schema of %s; it is asked for again at the next start",
+                            self.held_for)
             self.drain()
         finally:
             metrics.UP.labels("producer").set(0)

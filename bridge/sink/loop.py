@@ -30,8 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from bridge import metrics
 from bridge.ack.channel import Ack, AckPublisher
-from bridge.codec.store import StoreUnavailableError
-from bridge.errors import SinkError
+from bridge.errors import BridgeError, SinkError, StoreUnavailableError
 from bridge.events import Op, Position
 from bridge.relation import Relation
 from bridge.retry import retry_while
@@ -60,15 +59,14 @@ class ApplierLike(Protocol):
     def conn(self) -> psycopg.Connection[Any]: ...
 
 
+_REGISTRY_FIRST_WAIT_S = 1.0  # the schema registry did not answer: read again after 1, 2, 4 … s
+_REGISTRY_MAX_WAIT_S = 10.0  # at most this, well inside max.poll.interval.ms (the group membership)
+
+
 def _broker_transient(exc: BaseException) -> bool:
     """A broker call that failed because the broker is away or its coordinator is moving."""
     err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     return isinstance(err, KafkaError) and (err.retriable() or err.code() in _KAFKA_TRANSIENT)
-
-
-def _store_away(exc: BaseException) -> bool:
-    """The schema store could not be read: wait for it rather than dead-letter the record."""
-    return isinstance(exc, StoreUnavailableError)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -174,6 +172,8 @@ class SinkLoop:
         self.admission = admission or Admission(settings.topic_prefix, "pgbridge_state")
         self.stop = stop or threading.Event()
         self._waiting: dict[tuple[str, int], _Waiting] = {}
+        self._unread: set[tuple[str, int]] = set()  # partitions sought back for the registry
+        self._unread_delay = _REGISTRY_FIRST_WAIT_S
         self._partitions: dict[str, int] = {}
         self._lag_at = 0.0
 
@@ -238,6 +238,10 @@ class SinkLoop:
             msgs = self.consumer.consume(want, 0)
         for msg in msgs:
             self._take(msg)
+        if self._unread:
+            self._wait_for_registry()
+        elif msgs:
+            self._unread_delay = _REGISTRY_FIRST_WAIT_S
         if self._waiting:
             self._check_waiting()
         now = time.monotonic()
@@ -260,8 +264,14 @@ class SinkLoop:
             log.warning("consumer: %s", err)
             return
         topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-        if (topic, partition) in self._waiting:
-            return  # fetched before the pause: read again after the barrier (seek)
+        if (topic, partition) in self._waiting or (topic, partition) in self._unread:
+            return  # fetched before the pause / the seek back: read again later
+        if self._unread:
+            # the registry did not answer in this step: do not ask it again for every partition
+            # (each call can take ~20 s), read them all again after the wait
+            self._unread.add((topic, partition))
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+            return
         b = self._batch
         if b.empty():
             b.started = time.monotonic()
@@ -270,8 +280,11 @@ class SinkLoop:
             b.offsets[(topic, partition)] = offset + 1
             return  # a tombstone: it only serves compaction; its delete came just before it
         try:
-            change = retry_while(lambda: self.decode(value), _store_away, self.stop, "schema store")
+            change = self.decode(value)
             self.admission.check(topic, change.relation)
+        except StoreUnavailableError as exc:
+            self._unread_from(topic, partition, offset, exc)  # the store's fault, not the record's
+            return
         except Exception as exc:  # hostile input: whatever fails to decode or admit is dead-lettered
             b.offsets[(topic, partition)] = offset + 1
             b.messages[(topic, partition, offset)] = msg
@@ -286,6 +299,26 @@ class SinkLoop:
         b.raw_bytes += len(value)
         b.messages[(topic, partition, offset)] = msg
         b.records.append(self.make_record(topic, partition, offset, change))
+
+    def _unread_from(self, topic: str, partition: int, offset: int, exc: BridgeError) -> None:
+        """The schema registry (or the schema topic) did not answer for this record's schema: it is not the record's
+        fault, so it must not become a dead letter. Seek the partition back to it (what the
+        batch holds before it is committed as usual) and skip the rest of what was fetched from
+        that partition; `step` then waits before it is read again."""
+        log.warning("%s; reading %s/%s again from offset %s", exc, topic, partition, offset,
+                    extra={"topic": topic, "partition": partition, "offset": offset})
+        self._unread.add((topic, partition))
+        self.consumer.seek(TopicPartition(topic, partition, offset))
+
+    def _wait_for_registry(self) -> None:
+        """After a seek back for the registry: wait 1, 2, 4 … at most 10 s (a batch that holds
+        records is committed first, so the wait does not hold it), then read on. With the
+        registry's ~20 s per failed call, a step stays well inside the 60 s liveness check."""
+        if not self._batch.empty():
+            self.commit()
+        self.stop.wait(self._unread_delay)
+        self._unread_delay = min(self._unread_delay * 2, _REGISTRY_MAX_WAIT_S)
+        self._unread.clear()
 
     def _report_lag(self) -> None:
         """`bridge_sink_consumer_lag`: records between the consumer's position and the high

@@ -70,11 +70,23 @@ def test_hadolint_reports_nothing() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def _arg_defaults() -> dict[str, str]:
+    """`ARG NAME=default` values, which `FROM ${NAME}` resolves to when no build arg is given."""
+    return dict(args.split("=", 1) for word, args in _instructions() if word == "ARG" and "=" in args)
+
+
 def test_multi_stage_from_pinned_base() -> None:
+    """Every stage starts from the same pinned base: `FROM ${BASE_IMAGE}` whose default is a
+    pinned python:3.11.x-slim tag (`make image` passes a local mmdebstrap base instead)."""
     froms = [args for word, args in _instructions() if word == "FROM"]
     assert len(froms) >= 2, "builder and runtime stages expected"
+    defaults = _arg_defaults()
+    bases = {args.split()[0] for args in froms}
+    assert len(bases) == 1, f"both stages must use the same base: {bases}"
     for args in froms:
         image = args.split()[0]
+        if image.startswith("${") and image.endswith("}"):
+            image = defaults[image[2:-1]]
         name, _, tag = image.partition(":")
         assert name == "python", image
         assert tag.startswith("3.11.") and "slim" in tag, f"base must be a pinned python:3.11.x-slim tag: {image}"
