@@ -65,12 +65,20 @@ def _kafka_extra(cfg: Config) -> dict[str, Any]:
     return {**cfg.kafka.config, "logger": logging.getLogger("bridge.kafka")}
 
 
+def _signer(cfg: Config) -> Any:
+    """The record signer when `kafka.signing_secret` is set, else None."""
+    from bridge.signing import Signer
+
+    return Signer(cfg.kafka.signing_secret) if cfg.kafka.signing_secret else None
+
+
 def _schema_store(cfg: Config) -> Any:
     from bridge.codec import RegistrySchemaStore, TopicSchemaStore
 
     if cfg.kafka.schema_registry_url:
         return RegistrySchemaStore(cfg.kafka.schema_registry_url)
-    return TopicSchemaStore(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, _kafka_extra(cfg))
+    return TopicSchemaStore(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, _kafka_extra(cfg),
+                            signer=_signer(cfg))
 
 
 def _health(cfg: Config) -> Any:
@@ -137,7 +145,7 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
         from bridge.ack.channel import acks_topic
 
         topics.ensure(acks_topic(cfg.kafka.topic_prefix), partitions=1, compact=True)
-        acks = AckReader(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, extra)
+        acks = AckReader(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, extra, signer=_signer(cfg))
     heartbeat_conn: list[Any] = [None]
 
     def heartbeat() -> None:
@@ -156,7 +164,7 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
         settings=ProducerSettings(topic_prefix=cfg.kafka.topic_prefix, db=db, tombstones=cfg.kafka.tombstones,
                                   heartbeat_interval_s=src.heartbeat_interval_s,
                                   confirm_idle=src.capture == "stream"),
-        heartbeat=heartbeat, assembler=TransactionAssembler(src.spill_bytes), slot=src.slot)
+        heartbeat=heartbeat, assembler=TransactionAssembler(src.spill_bytes), slot=src.slot, signer=_signer(cfg))
     cp.snapshot = _snapshot_plan(cfg, dsn, start, exported, producer, include=cp.include)
     from bridge.produce.resnapshot import Resnapshotter
 
@@ -244,13 +252,14 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
     loop = SinkLoop(
         consumer=consumer, decode=decoder.decode,
         make_record=lambda t, p, o, c: SinkRecord(t, p, o, c),  # type: ignore[arg-type]
-        applier=applier, acks=AckPublisher(side, cfg.kafka.topic_prefix),
+        applier=applier, acks=AckPublisher(side, cfg.kafka.topic_prefix, _signer(cfg)),
         dead_letters=DeadLetters(side, cfg.sink.dead_letter_topic),
         settings=SinkSettings(topic_prefix=cfg.kafka.topic_prefix, group_id=cfg.sink.group_id,
                               batch_max_rows=cfg.sink.batch_max_rows, batch_max_bytes=cfg.sink.batch_max_bytes,
                               batch_max_ms=cfg.sink.batch_max_ms),
         barrier=TruncateBarrier(PositionTable(cfg.sink.state_schema)),
-        admission=Admission(cfg.kafka.topic_prefix, cfg.sink.state_schema, cfg.sink.tables))
+        admission=Admission(cfg.kafka.topic_prefix, cfg.sink.state_schema, cfg.sink.tables),
+        signer=_signer(cfg))
 
     def close() -> None:
         try:

@@ -91,6 +91,9 @@ class KafkaConfig:
     partitions: int = 6
     replication_factor: int = 1
     tombstones: bool = True
+    # HMAC secret shared by producer and sink: every record the bridge writes is signed, and what
+    # does not verify is refused (bridge/signing.py). Or `signing_secret_file`. None: unsigned.
+    signing_secret: str | None = None
 
     def client_config(self, **overrides: str | int | float | bool) -> dict[str, str | int | float | bool]:
         """librdkafka properties for a client: `bootstrap.servers`, then `config`, then `overrides`."""

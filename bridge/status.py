@@ -61,7 +61,10 @@ def collect_status(cfg: Config) -> dict[str, Any]:
     finally:
         tails.close()
     out["producer"] = {"last_produced": str(last) if last else None, "partitions": produced}
-    reader = AckReader(cfg.kafka.bootstrap_servers, prefix, extra)
+    from bridge.signing import Signer
+
+    signer = Signer(cfg.kafka.signing_secret) if cfg.kafka.signing_secret else None
+    reader = AckReader(cfg.kafka.bootstrap_servers, prefix, extra, signer=signer)
     acked: dict[str, str] = {}
     try:
         for ack in reader.read_to_end(timeout=10):

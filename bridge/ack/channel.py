@@ -24,6 +24,7 @@ from bridge.codec.templates import ACK
 from bridge.errors import CodecError
 from bridge.events import Position
 from bridge.lsn import Lsn
+from bridge.signing import ANY_PARTITION, Signer
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,10 @@ def decode_ack(data: bytes) -> Ack:
 class AckPublisher:
     """Used by the sink after each offset commit. `publish` returns once the broker has the acks."""
 
-    def __init__(self, producer: Producer, prefix: str) -> None:
+    def __init__(self, producer: Producer, prefix: str, signer: Signer | None = None) -> None:
         self._producer = producer
         self.topic = acks_topic(prefix)
+        self._signer = signer
 
     def publish(self, acks: Iterable[Ack], timeout: float = 30.0) -> None:
         errors: list[KafkaError] = []
@@ -81,7 +83,10 @@ class AckPublisher:
 
         n = 0
         for ack in acks:
-            self._producer.produce(self.topic, key=ack.key(), value=encode_ack(ack), on_delivery=on_delivery)
+            key, value = ack.key(), encode_ack(ack)
+            headers: list[tuple[str, str | bytes | None]] | None = (
+                [self._signer.header(self.topic, ANY_PARTITION, key, value)] if self._signer else None)
+            self._producer.produce(self.topic, key=key, value=value, on_delivery=on_delivery, headers=headers)
             n += 1
         if n and self._producer.flush(timeout) > 0:
             raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, "acks not delivered in time"))
@@ -96,8 +101,10 @@ class AckReader:
     record per (topic, partition).
     """
 
-    def __init__(self, bootstrap: str, prefix: str, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, bootstrap: str, prefix: str, extra: dict[str, Any] | None = None,
+                 signer: Signer | None = None) -> None:
         self.topic = acks_topic(prefix)
+        self._signer = signer
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap, "group.id": f"{prefix}._acks.reader",
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
@@ -127,6 +134,11 @@ class AckReader:
                 continue
             value = msg.value()
             if value is None:
+                continue
+            if self._signer is not None and not self._signer.verify(self.topic, ANY_PARTITION, msg.key(), value,
+                                                                    msg.headers()):
+                log.warning("ack channel: skipping an ack without the bridge's signature",
+                            extra={"topic": self.topic, "offset": msg.offset()})
                 continue
             try:
                 out.append(decode_ack(value))

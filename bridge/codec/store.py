@@ -30,6 +30,7 @@ from bridge.errors import (
     SchemaRefusedError,
     StoreUnavailableError,
 )
+from bridge.signing import ANY_PARTITION, Signer
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,9 @@ class TopicSchemaStore:
     """
 
     def __init__(self, bootstrap: str, topic_prefix: str, kafka_config: dict[str, Any] | None = None, *,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, signer: Signer | None = None) -> None:
         self.topic = f"{topic_prefix}._schemas"
+        self._signer = signer
         self._conf: dict[str, Any] = {"bootstrap.servers": bootstrap, **(kafka_config or {})}
         self._timeout = timeout
         self._lock = threading.Lock()
@@ -201,7 +203,9 @@ class TopicSchemaStore:
             if err is not None:
                 errors.append(err)
 
-        self._producer.produce(self.topic, key=fp, value=json.dumps(schema).encode(), on_delivery=delivered)
+        value = json.dumps(schema).encode()
+        headers = [self._signer.header(self.topic, ANY_PARTITION, fp, value)] if self._signer else None
+        self._producer.produce(self.topic, key=fp, value=value, on_delivery=delivered, headers=headers)
         left = self._producer.flush(self._timeout)
         if left or errors:
             raise CodecError("schema not published", topic=self.topic, fingerprint=fp.hex(),
@@ -260,19 +264,19 @@ class TopicSchemaStore:
                 if part is None or off is None:
                     continue
                 self._offsets[part] = off + 1
-                self._learn(msg.key(), msg.value(), off)
+                self._learn(msg.key(), msg.value(), off, msg.headers())
         except KafkaException as exc:
             raise StoreUnavailableError(f"cannot read the schema topic: {exc}", topic=self.topic) from exc
         finally:
             consumer.close()
 
-    def _learn(self, key: bytes | None, value: bytes | None, offset: int) -> None:
+    def _learn(self, key: bytes | None, value: bytes | None, offset: int, headers: Any = None) -> None:
         """Take one entry of the schema topic, or skip it (logged, counted in
         `bridge_schema_entries_skipped_total`). Never raises: an entry is hostile input, and one
         bad entry must neither stop the sink nor keep the entries after it from being learned."""
         if key is None or value is None:
             return  # a tombstone, or a key-only record: nothing to learn
-        reason = self._refuse(key, value)
+        reason = self._refuse(key, value, headers)
         schema: Any = None
         if reason is None:
             try:
@@ -305,8 +309,10 @@ class TopicSchemaStore:
             log.error("schema entry conflicts with an earlier one of the same fingerprint; keeping the earlier "
                       "topic=%s offset=%s fingerprint=%s", self.topic, offset, key.hex())
 
-    def _refuse(self, key: bytes, value: bytes) -> str | None:
+    def _refuse(self, key: bytes, value: bytes, headers: Any) -> str | None:
         """Why an entry is skipped before it is parsed, or None."""
+        if self._signer is not None and not self._signer.verify(self.topic, ANY_PARTITION, key, value, headers):
+            return "not signed by the bridge"
         if len(key) != 8:
             return "key is not an 8-byte fingerprint"
         if len(value) > SCHEMA_MAX_BYTES:

@@ -50,6 +50,7 @@ from bridge.produce.topics import (
 from bridge.produce.transactions import Message as WalMessageLine
 from bridge.produce.transactions import Transaction, TransactionAssembler
 from bridge.relation import Relation
+from bridge.signing import Signer
 from bridge.source.capture import ChangeSource
 from bridge.source.converters import timestamptz_us
 from bridge.source.snapshot import SnapshotState, TableReader, begin_snapshot_transaction
@@ -168,8 +169,10 @@ class ChangeProducer:
         heartbeat: Callable[[], object] | None = None,
         assembler: TransactionAssembler | None = None,
         slot: str = "",
+        signer: Signer | None = None,
     ) -> None:
         self.open_source = open_source
+        self.signer = signer
         self.source: ChangeSource | None = None
         self.snapshot: SnapshotPlan | None = None
         self.resnapshot: Resnapshotter | None = None  # set by cli.py: `pgbridge snapshot` requests
@@ -631,6 +634,8 @@ class ChangeProducer:
             self.producer.poll(0.05)
             if self.fatal is not None:
                 raise self.fatal
+        if self.signer is not None:
+            headers = [*headers, self.signer.header(out.topic, partition, key, value)]
         while True:
             try:
                 self.producer.produce(out.topic, value, key, partition=partition, on_delivery=batch.on_delivery,

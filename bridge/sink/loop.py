@@ -34,6 +34,7 @@ from bridge.errors import BridgeError, SinkError, StoreUnavailableError
 from bridge.events import Op, Position
 from bridge.relation import Relation
 from bridge.retry import retry_while
+from bridge.signing import Signer
 from bridge.sink.admit import Admission
 from bridge.sink.deadletter import DeadLetters
 from bridge.sink.truncate import TruncateBarrier
@@ -156,7 +157,7 @@ class SinkLoop:
                  make_record: Callable[[str, int, int, DecodedLike], Any], applier: ApplierLike,
                  acks: AckPublisher, dead_letters: DeadLetters, settings: SinkSettings,
                  barrier: TruncateBarrier | None = None, stop: threading.Event | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, signer: Signer | None = None) -> None:
         self.consumer = consumer
         self.decode = decode
         self.make_record = make_record
@@ -170,6 +171,7 @@ class SinkLoop:
         self.last_positions: dict[tuple[str, int], Position] = {}
         self.barrier = barrier
         self.admission = admission or Admission(settings.topic_prefix, "pgbridge_state")
+        self.signer = signer
         self.stop = stop or threading.Event()
         self._waiting: dict[tuple[str, int], _Waiting] = {}
         self._unread: set[tuple[str, int]] = set()  # partitions sought back for the registry
@@ -280,6 +282,9 @@ class SinkLoop:
             b.offsets[(topic, partition)] = offset + 1
             return  # a tombstone: it only serves compaction; its delete came just before it
         try:
+            if self.signer is not None and not self.signer.verify(topic, partition, msg.key(), value, msg.headers()):
+                raise SinkError("record without the bridge's signature (kafka.signing_secret): not written by its "
+                                "producer", topic=topic, partition=partition, offset=offset)
             change = self.decode(value)
             self.admission.check(topic, change.relation)
         except StoreUnavailableError as exc:

@@ -234,3 +234,19 @@ def test_admission_follows_the_topic() -> None:
                        ("p.sales.t", Relation("sales", "t", REL.columns))]:
         with pytest.raises(ForbiddenTableError):
             adm.check(topic, rel)
+
+
+def test_a_signing_store_learns_only_signed_entries() -> None:
+    from bridge.codec import framing
+    from bridge.signing import ANY_PARTITION, Signer
+
+    signer = Signer("secret")
+    store = TopicSchemaStore("127.0.0.1:1", "p", signer=signer)
+    good = published_form({"type": "record", "name": "R", "fields": [{"name": "a", "type": "long"}]})
+    fp, value = framing.fingerprint(good), json.dumps(good).encode()
+    store._learn(fp, value, 0, [])
+    store._learn(fp, value, 1, [signer.header("p._schemas", ANY_PARTITION, fp, b"other")])
+    store._learn(fp, value, 2, [Signer("guess").header(store.topic, ANY_PARTITION, fp, value)])
+    assert framing.single_object_prefix(fp) not in store._by_header  # none of the three was learned
+    store._learn(fp, value, 3, [signer.header(store.topic, ANY_PARTITION, fp, value)])
+    assert store.lookup(framing.single_object_prefix(fp) + b"\x02")[0] == good
