@@ -26,6 +26,7 @@ from bridge.lsn import Lsn
 from bridge.relation import Column, Relation
 from bridge.sink.admit import Admission, ForbiddenTableError
 from bridge.sink.types import candidates
+from tests.hostile.forge import zigzag
 
 REL = Relation("public", "t", (
     Column("id", "bigint", "int8", not_null=True),
@@ -85,31 +86,21 @@ def test_random_bodies_after_a_known_header_decode_or_raise(tail: bytes) -> None
     decode(VALUE[:10] + tail)
 
 
-def _zigzag(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 def test_a_huge_item_count_is_refused_before_any_allocation() -> None:
     # `unchanged` is the body's last field: replace it with a block of 2**60 items and nothing else
     end = VALUE.rindex(b"\x00", 0, len(VALUE) - 1)  # the array's terminating 0 is the last byte
     assert VALUE[-1] == 0
-    head = VALUE[:len(VALUE) - 1 - len(_zigzag(1)) - len(_zigzag(4)) - 4]  # 1 item: "note" (len 4)
+    head = VALUE[:len(VALUE) - 1 - len(zigzag(1)) - len(zigzag(4)) - 4]  # 1 item: "note" (len 4)
     assert end > 0 and head
     started = time.monotonic()
     with pytest.raises(CodecError, match="count exceeds"):
-        EnvelopeDecoder(STORE, topic_prefix="p").decode(head + _zigzag(2**60) + b"\x00")
+        EnvelopeDecoder(STORE, topic_prefix="p").decode(head + zigzag(2**60) + b"\x00")
     assert time.monotonic() - started < 1.0
 
 
 def test_an_oversized_decimal_is_refused_at_once() -> None:
     i = VALUE.index(b"\x02\x04\x04\xe2")  # union branch 1, bytes of length 2: 1250 (12.50) = 04 e2
-    huge = VALUE[:i] + b"\x02" + _zigzag(300_000) + b"\x13" * 300_000 + VALUE[i + 4:]
+    huge = VALUE[:i] + b"\x02" + zigzag(300_000) + b"\x13" * 300_000 + VALUE[i + 4:]
     started = time.monotonic()
     with pytest.raises(CodecError, match="decimal larger"):
         EnvelopeDecoder(STORE, topic_prefix="p").decode(huge)
