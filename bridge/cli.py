@@ -183,7 +183,7 @@ def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, 
     from bridge.produce.snapshot_state import SnapshotStateStore, snapshot_topic
     from bridge.produce.topics import TopicManager
     from bridge.source.slot import sql_connect
-    from bridge.source.snapshot import SnapshotState, TableProgress, list_tables
+    from bridge.source.snapshot import SnapshotState, list_tables
 
     extra = _kafka_extra(cfg)
     TopicManager(cfg.kafka.bootstrap_servers, partitions=1, replication_factor=cfg.kafka.replication_factor,
@@ -192,7 +192,7 @@ def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, 
     conn = sql_connect(dsn, cfg.source.slot, autocommit=True)
     if exported is not None:
         repl_conn, name, cp = exported
-        state = SnapshotState(cp.value, 0, {f"{s}.{t}": TableProgress(s, t) for s, t in list_tables(conn, include)})
+        state = SnapshotState.of_tables(cp.value, list_tables(conn, include))
         store.save(state)
         return SnapshotPlan(state, conn, name, store.save, repl_conn.close,
                             chunk_rows=cfg.source.snapshot_chunk_rows)
