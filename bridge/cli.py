@@ -155,7 +155,8 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
         include=TableFilter(src.tables, src.exclude),
         settings=ProducerSettings(topic_prefix=cfg.kafka.topic_prefix, db=db, tombstones=cfg.kafka.tombstones,
                                   heartbeat_interval_s=src.heartbeat_interval_s,
-                                  confirm_idle=src.capture == "stream"),
+                                  confirm_idle=src.capture == "stream",
+                                  message_max_bytes=_message_max_bytes(cfg)),
         heartbeat=heartbeat, assembler=TransactionAssembler(src.spill_bytes), slot=src.slot)
     cp.snapshot = _snapshot_plan(cfg, dsn, start, exported, producer, include=cp.include)
     from bridge.produce.resnapshot import Resnapshotter
@@ -173,6 +174,15 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
                     pass
 
     return cp, close
+
+
+def _message_max_bytes(cfg: Config) -> int:
+    """The producer's record size limit: `kafka.config."message.max.bytes"`, else librdkafka's
+    default (1,000,000)."""
+    try:
+        return int(cfg.kafka.config.get("message.max.bytes", 1_000_000))
+    except (TypeError, ValueError):
+        return 1_000_000
 
 
 def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, Any] | None, producer: Any,

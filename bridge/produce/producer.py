@@ -21,13 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from bridge import metrics
 from bridge.ack.channel import AckReader
 from bridge.ack.watermark import InFlight, Ledger
 from bridge.codec.codec import Stamp
-from bridge.errors import BridgeError, DecodeError, ModifierError, ProduceError
+from bridge.errors import BridgeError, DecodeError, ModifierError, ProduceError, RecordTooLargeError
 from bridge.events import Op, Position, Row
 from bridge.lsn import Lsn
 from bridge.produce.resnapshot import SNAPSHOT_MESSAGE, Resnapshotter
@@ -113,6 +113,9 @@ class ProducerSettings:
     # position (keepalive walEnd) may be confirmed — every commit before it has been received.
     # (In sql mode pg_current_wal_lsn() may be ahead of commits not yet peeked: never.)
     confirm_idle: bool = False
+    # librdkafka's `message.max.bytes` (kafka.config may raise it): named in the error when a
+    # record is over it.
+    message_max_bytes: int = 1_000_000
 
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -265,6 +268,11 @@ class ChangeProducer:
             if self.fatal is None:
                 metrics.PRODUCE_ERRORS.inc()
                 pos = position_from_headers(msg.headers())
+                if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    out = self._out_of_topic(msg.topic() or "")
+                    self.fatal = self._too_large(out, msg.key(), msg.value(), "the broker's", None,
+                                                 partition=msg.partition(), position=str(pos) if pos else None)
+                    return
                 self.fatal = ProduceError(f"delivery failed: {err}", topic=msg.topic(), partition=msg.partition(),
                                           position=str(pos))
 
@@ -592,8 +600,58 @@ class ChangeProducer:
                 break
             except BufferError:
                 self.producer.poll(0.05)  # the client's queue is full: wait for deliveries
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise self._too_large(out, key, value, "the producer's", self.s.message_max_bytes,
+                                          partition=partition, position=str(Position(batch.entry.commit_lsn, seq))
+                                          ) from exc
+                raise ProduceError(f"the Kafka client refused a record: {exc}", topic=out.topic,
+                                   partition=partition) from exc
         ledger.sent(batch.entry, out.tps[partition], seq)
         out.produced += 1
+
+
+    def _out_of_topic(self, topic: str) -> _TableOut | None:
+        for out in self._outs.values():
+            if out.topic == topic:
+                return out
+        return None
+
+    def _too_large(self, out: _TableOut | None, key: bytes | None, value: bytes | None, whose: str,
+                   limit: int | None, **context: Any) -> RecordTooLargeError:
+        """The error for a record over a size limit: one line naming table, key, size, limit and
+        what to raise. The record's transaction stays unconfirmed, so a restart after raising
+        the limits produces it again (nothing is lost)."""
+        size = len(key or b"") + len(value or b"")
+        table = out.relation.qualified if out is not None else None
+        where = f"{whose} limit" + (f" of {limit} bytes" if limit is not None else "")
+        return RecordTooLargeError(
+            f"a record of {size} bytes for table {table} is over {where}: raise "
+            'kafka.config."message.max.bytes" (the producer\'s limit) and the topic\'s max.message.bytes '
+            "(or the broker's message.max.bytes) above it, then restart; the slot is not advanced past "
+            "this change",
+            table=table, key=_key_text(out, key), size=size, limit=limit,
+            topic=out.topic if out is not None else None, **context)
+
+
+def _key_text(out: _TableOut | None, key: bytes | None) -> str | None:
+    """The key's column values for a log line (decoded from its Avro body), else its hex."""
+    if key is None:
+        return None
+    codec: Any = out.codec if out is not None else None
+    schema = getattr(codec, "key_schema", None)
+    prefix = getattr(codec, "key_prefix", None)
+    if schema is not None and prefix is not None and key.startswith(prefix):
+        try:
+            import io
+
+            import fastavro
+
+            return str(fastavro.schemaless_reader(io.BytesIO(key[len(prefix):]), fastavro.parse_schema(schema)))
+        except Exception:  # only for the message: fall back to the bytes
+            pass
+    return key.hex()
 
 
 def _now_ms() -> int:
