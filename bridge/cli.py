@@ -93,7 +93,7 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
     from bridge.relation import Relation
     from bridge.source.capture import SqlCapture, StreamCapture
     from bridge.source.catalog import Catalog
-    from bridge.source.decoder import ChangeDecoder
+    from bridge.source.decoder import ChangeDecoder, KeyWatch
     from bridge.source.slot import SlotManager, emit_heartbeat, sql_connect
 
     cfg.require("source", "kafka")
@@ -157,7 +157,8 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
                                   heartbeat_interval_s=src.heartbeat_interval_s,
                                   confirm_idle=src.capture == "stream",
                                   message_max_bytes=_message_max_bytes(cfg)),
-        heartbeat=heartbeat, assembler=TransactionAssembler(src.spill_bytes), slot=src.slot)
+        heartbeat=heartbeat, assembler=TransactionAssembler(src.spill_bytes), slot=src.slot,
+        key_watch=KeyWatch(catalog, decoder))
     cp.snapshot = _snapshot_plan(cfg, dsn, start, exported, producer, include=cp.include)
     from bridge.produce.resnapshot import Resnapshotter
 

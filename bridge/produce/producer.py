@@ -59,6 +59,14 @@ class ChangeDecoderLike(Protocol):
                  ) -> tuple[Relation, Op, Any, Any, tuple[str, ...]]: ...
 
 
+class KeyWatchLike(Protocol):
+    """Follows key changes no change line shows (`bridge.source.decoder.KeyWatch`)."""
+
+    def tick(self) -> None: ...
+
+    def before_commit(self, commit_lsn: Lsn) -> None: ...
+
+
 class TableCodecLike(Protocol):
     def key(self, row: Any) -> bytes | None: ...
 
@@ -175,6 +183,7 @@ class ChangeProducer:
         include: TableFilter,
         settings: ProducerSettings,
         heartbeat: Callable[[], object] | None = None,
+        key_watch: KeyWatchLike | None = None,
         assembler: TransactionAssembler | None = None,
         slot: str = "",
     ) -> None:
@@ -193,6 +202,7 @@ class ChangeProducer:
         self.include = include
         self.s = settings
         self.heartbeat = heartbeat
+        self.key_watch = key_watch
         self.assembler = assembler or TransactionAssembler()
         self.slot = slot
         self._tails: dict[str, dict[int, Tail]] = {}
@@ -372,6 +382,8 @@ class ChangeProducer:
             batch = []
         else:
             batch = self.source.read(self.s.read_timeout_s)
+        if self.key_watch is not None:
+            self.key_watch.tick()
         reconnects = getattr(self.source, "reconnects", 0)
         if reconnects != self._reconnects:
             # The server resends from the confirmed position: drop the half-read transaction.
@@ -461,6 +473,8 @@ class ChangeProducer:
             return
         self._last_lsn = txn.commit_lsn
         self._passed_tails(txn.commit_lsn)
+        if self.key_watch is not None:
+            self.key_watch.before_commit(txn.commit_lsn)
         metrics.TRANSACTIONS.inc()
         entry = self.ledger.open(txn.commit_lsn)
         xid = txn.xid or 0
