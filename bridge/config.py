@@ -656,6 +656,8 @@ def _validate(c: Config, errors: list[str], origin: Mapping[str, str]) -> None:
         err("kafka.schema_registry_url", f"expected an http:// or https:// URL, got {redact_dsn(url)!r}")
     if "bootstrap.servers" in c.kafka.config:
         err("kafka.config.bootstrap.servers", "set kafka.bootstrap_servers instead")
+    else:
+        _check_librdkafka(c.kafka.config, err)
     if not c.sink.group_id.strip():
         err("sink.group_id", "expected a non-empty consumer group id")
     if not _IDENT.match(c.sink.position_schema):
@@ -664,6 +666,40 @@ def _validate(c: Config, errors: list[str], origin: Mapping[str, str]) -> None:
         err("metrics.port", f"expected a TCP port 0-65535 (0: any free port), got {c.metrics.port!r}")
     if not c.metrics.host.strip():
         err("metrics.host", "expected an address to listen on, e.g. '0.0.0.0'")
+
+
+_LIBRDKAFKA_PROPERTY = re.compile(r'property "?([A-Za-z0-9._-]+)"?')
+
+
+def _check_librdkafka(props: Mapping[str, Any], err: Callable[[str, str], None]) -> None:
+    """Every `kafka.config` property must be one librdkafka knows, with a value it accepts.
+
+    librdkafka checks each property as it is set, which a client's construction does first; a
+    producer is built (never connected: no bootstrap servers) only to ask it. Errors of the
+    construction itself ("Failed to create …", e.g. a SASL mechanism this build lacks) depend on
+    the environment, not the file, and are left to the real clients.
+    """
+    if not props:
+        return
+    import logging
+
+    from confluent_kafka import KafkaError, KafkaException, Producer
+
+    quiet = logging.getLogger("bridge.config.librdkafka")
+    quiet.disabled = True
+    try:
+        Producer({**props, "log_level": 0, "logger": quiet})
+    except KafkaException as exc:
+        e = exc.args[0] if exc.args else None
+        if not isinstance(e, KafkaError) or e.code() != KafkaError._INVALID_ARG:
+            return
+        text = e.str()
+        if text.startswith("Failed to create"):
+            return
+        m = _LIBRDKAFKA_PROPERTY.search(text)
+        err(f"kafka.config.{m.group(1)}" if m else "kafka.config", f"librdkafka: {text}")
+    except (TypeError, ValueError) as exc:
+        err("kafka.config", f"librdkafka: {exc}")
 
 
 def _check_dsn(path: str, dsn: str, err: Callable[[str, str], None]) -> None:
