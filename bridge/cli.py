@@ -65,6 +65,14 @@ def _kafka_extra(cfg: Config) -> dict[str, Any]:
     return {**cfg.kafka.config, "logger": logging.getLogger("bridge.kafka")}
 
 
+def _probe_broker(cfg: Config) -> None:
+    """At start: a broker answers with these settings within `kafka.connect_timeout_s`, or
+    `BrokerUnreachableError` names the security settings and the likely cause (exit 1)."""
+    from bridge.brokercheck import probe
+
+    probe(cfg.kafka.client_config(), cfg.kafka.connect_timeout_s)
+
+
 def _schema_store(cfg: Config) -> Any:
     from bridge.codec import RegistrySchemaStore, TopicSchemaStore
 
@@ -97,6 +105,7 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
     from bridge.source.slot import SlotManager, emit_heartbeat, sql_connect
 
     cfg.require("source", "kafka")
+    _probe_broker(cfg)
     src = cfg.source
     dsn = src.conninfo()
     slots = SlotManager(dsn, src.slot)
@@ -241,6 +250,7 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
     from bridge.sink.truncate import TruncateBarrier
 
     cfg.require("sink", "kafka")
+    _probe_broker(cfg)
     extra = _kafka_extra(cfg)
     topics = TopicManager(cfg.kafka.bootstrap_servers, partitions=1,
                           replication_factor=cfg.kafka.replication_factor, extra=extra)
@@ -437,8 +447,6 @@ def cmd_slot(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from confluent_kafka.admin import AdminClient
-
     from bridge.source.slot import SlotManager
 
     cfg = _config(args)
@@ -446,9 +454,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cfg.source.dsn:
         for c in SlotManager(cfg.source.conninfo(), cfg.source.slot).preflight():
             results.append((f"source.{c.name}", c.ok, c.detail))
+    from bridge.brokercheck import probe
+    from bridge.errors import BrokerUnreachableError
+
     try:
-        md = AdminClient({**cfg.kafka.client_config(), "log_level": 0}).list_topics(timeout=10)
-        results.append(("kafka.reachable", bool(md.brokers), f"{len(md.brokers)} broker(s)"))
+        n = probe(cfg.kafka.client_config(), min(cfg.kafka.connect_timeout_s, 10.0))
+        results.append(("kafka.reachable", True, f"{n} broker(s)"))
+    except BrokerUnreachableError as exc:
+        results.append(("kafka.reachable", False, str(exc)))
     except Exception as exc:
         results.append(("kafka.reachable", False, str(exc)))
     if cfg.sink.dsn:

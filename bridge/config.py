@@ -88,6 +88,9 @@ class KafkaConfig:
     partitions: int = 6
     replication_factor: int = 1
     tombstones: bool = True
+    # How long a producer or sink (and `pgbridge check`) waits at start for a broker to answer
+    # before it stops naming the likely cause (bridge/brokercheck.py).
+    connect_timeout_s: float = 30.0
 
     def client_config(self, **overrides: str | int | float | bool) -> dict[str, str | int | float | bool]:
         """librdkafka properties for a client: `bootstrap.servers`, then `config`, then `overrides`."""
@@ -629,6 +632,8 @@ def _validate(c: Config, errors: list[str], origin: Mapping[str, str]) -> None:
     for key in ("heartbeat_interval_s", "status_interval_s"):
         if not getattr(c.source, key) > 0:
             err(f"source.{key}", f"expected a number of seconds > 0, got {getattr(c.source, key)!r}")
+    if not c.kafka.connect_timeout_s > 0:
+        err("kafka.connect_timeout_s", f"expected a number of seconds > 0, got {c.kafka.connect_timeout_s!r}")
     for path, value in (("source.sql_batch_changes", c.source.sql_batch_changes),
                         ("source.snapshot_chunk_rows", c.source.snapshot_chunk_rows),
                         ("source.spill_bytes", c.source.spill_bytes),
@@ -668,7 +673,7 @@ def _validate(c: Config, errors: list[str], origin: Mapping[str, str]) -> None:
         err("metrics.host", "expected an address to listen on, e.g. '0.0.0.0'")
 
 
-_LIBRDKAFKA_PROPERTY = re.compile(r'property "?([A-Za-z0-9._-]+)"?')
+_LIBRDKAFKA_PROPERTY = re.compile(r'property:? "?([A-Za-z0-9._-]+)')
 
 
 def _check_librdkafka(props: Mapping[str, Any], err: Callable[[str, str], None]) -> None:
