@@ -88,7 +88,25 @@ def _health(cfg: Config) -> Any:
 
 
 def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
-    """The producer and its collaborators; returns (producer, close)."""
+    """The producer and its collaborators; returns (producer, close). With `capture: sql` it first
+    takes the slot's producer lock (`SlotLock`): a second producer on the slot stops here."""
+    from bridge.source.slot import SlotLock
+
+    cfg.require("source", "kafka")
+    _probe_broker(cfg)
+    lock: SlotLock | None = None
+    if cfg.source.capture == "sql":
+        lock = SlotLock(cfg.source.conninfo(), cfg.source.slot)
+        lock.hold()
+    try:
+        return _build_producer(cfg, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build_producer(cfg: Config, lock: Any) -> tuple[Any, Callable[[], None]]:
     from confluent_kafka import Producer
 
     from bridge.ack.channel import AckReader
@@ -104,8 +122,6 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
     from bridge.source.decoder import ChangeDecoder, KeyWatch
     from bridge.source.slot import SlotManager, emit_heartbeat, sql_connect
 
-    cfg.require("source", "kafka")
-    _probe_broker(cfg)
     src = cfg.source
     dsn = src.conninfo()
     slots = SlotManager(dsn, src.slot)
@@ -119,7 +135,8 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
 
     def open_source() -> Any:
         if src.capture == "sql":
-            return SqlCapture(dsn, src.slot, batch_changes=src.sql_batch_changes)
+            return SqlCapture(dsn, src.slot, batch_changes=src.sql_batch_changes,
+                              guard=lock.hold if lock is not None else None)
         return StreamCapture(dsn, src.slot, status_interval_s=src.status_interval_s)
 
     catalog_conn = sql_connect(dsn, src.slot)
@@ -175,7 +192,7 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
 
     def close() -> None:
         closers = (tails.close, catalog.close, resnapshot.close, acks.close if acks else None,
-                   exported[0].close if exported else None)
+                   exported[0].close if exported else None, lock.release if lock else None)
         for closer in closers:
             if closer is not None:
                 try:
