@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bridge.errors import DecodeError, SchemaError
+from bridge.errors import DecodeError, SchemaError, SourceError
 from bridge.events import Op, Row
 from bridge.lsn import Lsn
 from bridge.relation import Relation
@@ -285,12 +285,18 @@ class KeyWatch:
         self._pending: dict[tuple[str, str], Lsn] = {}  # table -> reload for commits after this
 
     def tick(self) -> None:
-        """Query the catalog when the interval has passed. Raises SourceError when it fails."""
+        """Query the catalog when the interval has passed (a failure is logged, not raised)."""
         now = self._clock()
         if now < self._next:
             return
         self._next = now + self._interval_s
-        lsn, changed = self._catalog.key_changes()
+        try:
+            lsn, changed = self._catalog.key_changes()
+        except SourceError as exc:
+            # Best effort: a source that cannot be read now is read at the next interval (the
+            # capture has its own reconnects; a DELETE or key update still shows a new key).
+            log.warning("cannot compare the cached keys with the catalog: %s", exc)
+            return
         if lsn is None:
             return
         at = Lsn.parse(lsn)
