@@ -72,6 +72,14 @@ def _signer(cfg: Config) -> Any:
     return Signer(cfg.kafka.signing_secret) if cfg.kafka.signing_secret else None
 
 
+def _probe_broker(cfg: Config) -> None:
+    """At start: a broker answers with these settings within `kafka.connect_timeout_s`, or
+    `BrokerUnreachableError` names the security settings and the likely cause (exit 1)."""
+    from bridge.brokercheck import probe
+
+    probe(cfg.kafka.client_config(), cfg.kafka.connect_timeout_s)
+
+
 def _schema_store(cfg: Config) -> Any:
     from bridge.codec import RegistrySchemaStore, TopicSchemaStore
 
@@ -88,7 +96,25 @@ def _health(cfg: Config) -> Any:
 
 
 def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
-    """The producer and its collaborators; returns (producer, close)."""
+    """The producer and its collaborators; returns (producer, close). With `capture: sql` it first
+    takes the slot's producer lock (`SlotLock`): a second producer on the slot stops here."""
+    from bridge.source.slot import SlotLock
+
+    cfg.require("source", "kafka")
+    _probe_broker(cfg)
+    lock: SlotLock | None = None
+    if cfg.source.capture == "sql":
+        lock = SlotLock(cfg.source.conninfo(), cfg.source.slot)
+        lock.hold()
+    try:
+        return _build_producer(cfg, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build_producer(cfg: Config, lock: Any) -> tuple[Any, Callable[[], None]]:
     from confluent_kafka import Producer
 
     from bridge.ack.channel import AckReader
@@ -101,10 +127,9 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
     from bridge.relation import Relation
     from bridge.source.capture import SqlCapture, StreamCapture
     from bridge.source.catalog import Catalog
-    from bridge.source.decoder import ChangeDecoder
+    from bridge.source.decoder import ChangeDecoder, KeyWatch
     from bridge.source.slot import SlotManager, emit_heartbeat, sql_connect
 
-    cfg.require("source", "kafka")
     src = cfg.source
     dsn = src.conninfo()
     slots = SlotManager(dsn, src.slot)
@@ -118,7 +143,8 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
 
     def open_source() -> Any:
         if src.capture == "sql":
-            return SqlCapture(dsn, src.slot, batch_changes=src.sql_batch_changes)
+            return SqlCapture(dsn, src.slot, batch_changes=src.sql_batch_changes,
+                              guard=lock.hold if lock is not None else None)
         return StreamCapture(dsn, src.slot, status_interval_s=src.status_interval_s)
 
     catalog_conn = sql_connect(dsn, src.slot)
@@ -163,8 +189,10 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
         include=TableFilter(src.tables, src.exclude),
         settings=ProducerSettings(topic_prefix=cfg.kafka.topic_prefix, db=db, tombstones=cfg.kafka.tombstones,
                                   heartbeat_interval_s=src.heartbeat_interval_s,
-                                  confirm_idle=src.capture == "stream"),
-        heartbeat=heartbeat, assembler=TransactionAssembler(src.spill_bytes), slot=src.slot, signer=_signer(cfg))
+                                  confirm_idle=src.capture == "stream",
+                                  message_max_bytes=_message_max_bytes(cfg)),
+        heartbeat=heartbeat, assembler=TransactionAssembler(src.spill_bytes), slot=src.slot,
+        key_watch=KeyWatch(catalog, decoder), signer=_signer(cfg))
     cp.snapshot = _snapshot_plan(cfg, dsn, start, exported, producer, include=cp.include)
     from bridge.produce.resnapshot import Resnapshotter
 
@@ -172,7 +200,7 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
 
     def close() -> None:
         closers = (tails.close, catalog.close, resnapshot.close, acks.close if acks else None,
-                   exported[0].close if exported else None)
+                   exported[0].close if exported else None, lock.release if lock else None)
         for closer in closers:
             if closer is not None:
                 try:
@@ -183,6 +211,15 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
     return cp, close
 
 
+def _message_max_bytes(cfg: Config) -> int:
+    """The producer's record size limit: `kafka.config."message.max.bytes"`, else librdkafka's
+    default (1,000,000)."""
+    try:
+        return int(cfg.kafka.config.get("message.max.bytes", 1_000_000))
+    except (TypeError, ValueError):
+        return 1_000_000
+
+
 def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, Any] | None, producer: Any,
                    include: Any) -> Any:
     """The snapshot to run before streaming: a new one when the slot was just created with an
@@ -191,7 +228,7 @@ def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, 
     from bridge.produce.snapshot_state import SnapshotStateStore, snapshot_topic
     from bridge.produce.topics import TopicManager
     from bridge.source.slot import sql_connect
-    from bridge.source.snapshot import SnapshotState, TableProgress, list_tables
+    from bridge.source.snapshot import SnapshotState, list_tables
 
     extra = _kafka_extra(cfg)
     TopicManager(cfg.kafka.bootstrap_servers, partitions=1, replication_factor=cfg.kafka.replication_factor,
@@ -200,7 +237,7 @@ def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, 
     conn = sql_connect(dsn, cfg.source.slot, autocommit=True)
     if exported is not None:
         repl_conn, name, cp = exported
-        state = SnapshotState(cp.value, 0, {f"{s}.{t}": TableProgress(s, t) for s, t in list_tables(conn, include)})
+        state = SnapshotState.of_tables(cp.value, list_tables(conn, include))
         store.save(state)
         return SnapshotPlan(state, conn, name, store.save, repl_conn.close,
                             chunk_rows=cfg.source.snapshot_chunk_rows)
@@ -239,6 +276,7 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
     from bridge.sink.truncate import TruncateBarrier
 
     cfg.require("sink", "kafka")
+    _probe_broker(cfg)
     extra = _kafka_extra(cfg)
     topics = TopicManager(cfg.kafka.bootstrap_servers, partitions=1,
                           replication_factor=cfg.kafka.replication_factor, extra=extra)
@@ -453,8 +491,6 @@ def _check_registry(url: str) -> tuple[str, bool, str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from confluent_kafka.admin import AdminClient
-
     from bridge.source.slot import SlotManager
 
     cfg = _config(args)
@@ -462,9 +498,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cfg.source.dsn:
         for c in SlotManager(cfg.source.conninfo(), cfg.source.slot).preflight():
             results.append((f"source.{c.name}", c.ok, c.detail))
+    from bridge.brokercheck import probe
+    from bridge.errors import BrokerUnreachableError
+
     try:
-        md = AdminClient({**cfg.kafka.client_config(), "log_level": 0}).list_topics(timeout=10)
-        results.append(("kafka.reachable", bool(md.brokers), f"{len(md.brokers)} broker(s)"))
+        n = probe(cfg.kafka.client_config(), min(cfg.kafka.connect_timeout_s, 10.0))
+        results.append(("kafka.reachable", True, f"{n} broker(s)"))
+    except BrokerUnreachableError as exc:
+        results.append(("kafka.reachable", False, str(exc)))
     except Exception as exc:
         results.append(("kafka.reachable", False, str(exc)))
     if cfg.kafka.schema_registry_url:

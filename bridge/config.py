@@ -94,6 +94,9 @@ class KafkaConfig:
     # HMAC secret shared by producer and sink: every record the bridge writes is signed, and what
     # does not verify is refused (bridge/signing.py). Or `signing_secret_file`. None: unsigned.
     signing_secret: str | None = None
+    # How long a producer or sink (and `pgbridge check`) waits at start for a broker to answer
+    # before it stops naming the likely cause (bridge/brokercheck.py).
+    connect_timeout_s: float = 30.0
 
     def client_config(self, **overrides: str | int | float | bool) -> dict[str, str | int | float | bool]:
         """librdkafka properties for a client: `bootstrap.servers`, then `config`, then `overrides`."""
@@ -644,6 +647,8 @@ def _validate(c: Config, errors: list[str], origin: Mapping[str, str]) -> None:
     for key in ("heartbeat_interval_s", "status_interval_s"):
         if not getattr(c.source, key) > 0:
             err(f"source.{key}", f"expected a number of seconds > 0, got {getattr(c.source, key)!r}")
+    if not c.kafka.connect_timeout_s > 0:
+        err("kafka.connect_timeout_s", f"expected a number of seconds > 0, got {c.kafka.connect_timeout_s!r}")
     for path, value in (("source.sql_batch_changes", c.source.sql_batch_changes),
                         ("source.snapshot_chunk_rows", c.source.snapshot_chunk_rows),
                         ("source.spill_bytes", c.source.spill_bytes),
@@ -671,6 +676,8 @@ def _validate(c: Config, errors: list[str], origin: Mapping[str, str]) -> None:
         err("kafka.schema_registry_url", f"expected an http:// or https:// URL, got {redact_dsn(url)!r}")
     if "bootstrap.servers" in c.kafka.config:
         err("kafka.config.bootstrap.servers", "set kafka.bootstrap_servers instead")
+    else:
+        _check_librdkafka(c.kafka.config, err)
     if not c.sink.group_id.strip():
         err("sink.group_id", "expected a non-empty consumer group id")
     if not _IDENT.match(c.sink.state_schema):
@@ -699,6 +706,40 @@ def _check_state_schema(c: Config, err: Callable[[str, str], None]) -> None:
         err("source.tables", f"the patterns {list(c.source.tables)} can capture tables of schema {state!r}, where "
                              f"the sink keeps its state (sink.state_schema); add '{state}.*' to source.exclude "
                              f"or choose another sink.state_schema")
+
+
+_LIBRDKAFKA_PROPERTY = re.compile(r'property:? "?([A-Za-z0-9._-]+)')
+
+
+def _check_librdkafka(props: Mapping[str, Any], err: Callable[[str, str], None]) -> None:
+    """Every `kafka.config` property must be one librdkafka knows, with a value it accepts.
+
+    librdkafka checks each property as it is set, which a client's construction does first; a
+    producer is built (never connected: no bootstrap servers) only to ask it. Errors of the
+    construction itself ("Failed to create …", e.g. a SASL mechanism this build lacks) depend on
+    the environment, not the file, and are left to the real clients.
+    """
+    if not props:
+        return
+    import logging
+
+    from confluent_kafka import KafkaError, KafkaException, Producer
+
+    quiet = logging.getLogger("bridge.config.librdkafka")
+    quiet.disabled = True
+    try:
+        Producer({**props, "log_level": 0, "logger": quiet})
+    except KafkaException as exc:
+        e = exc.args[0] if exc.args else None
+        if not isinstance(e, KafkaError) or e.code() != KafkaError._INVALID_ARG:
+            return
+        text = e.str()
+        if text.startswith("Failed to create"):
+            return
+        m = _LIBRDKAFKA_PROPERTY.search(text)
+        err(f"kafka.config.{m.group(1)}" if m else "kafka.config", f"librdkafka: {text}")
+    except (TypeError, ValueError) as exc:
+        err("kafka.config", f"librdkafka: {exc}")
 
 
 def _check_dsn(path: str, dsn: str, err: Callable[[str, str], None]) -> None:

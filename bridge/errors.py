@@ -75,3 +75,14 @@ class SinkError(BridgeError):
 
 class TargetSchemaError(SinkError):
     """A target table cannot hold the data: names table and column."""
+
+
+class RecordTooLargeError(ProduceError):
+    """A record is larger than the producer's `message.max.bytes` or the broker's limit for its
+    topic. The producer stops (exit 1) before its position can be confirmed: nothing is lost,
+    and the message names table, key, size, limit and the settings to raise."""
+
+
+class BrokerUnreachableError(BridgeError):
+    """No broker answered within `kafka.connect_timeout_s`: names the address, the security
+    settings in use and the likely cause (a listener speaking another protocol, credentials)."""

@@ -40,6 +40,10 @@ def collect_status(cfg: Config) -> dict[str, Any]:
             else:
                 out["slot"] = {**st.as_dict(), "exists": True}
                 out["watermark"] = str(st.confirmed_flush_lsn) if st.confirmed_flush_lsn else None
+                if st.wal_status == "lost":
+                    from bridge.source.slot import wal_lost_message
+
+                    out["errors"].append(f"source: {wal_lost_message(cfg.source.slot)}")
         except BridgeError as exc:
             out["errors"].append(f"source: {exc}")
     extra = dict(cfg.kafka.config)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from bridge import metrics
 from bridge.ack.channel import AckReader
@@ -31,6 +31,7 @@ from bridge.errors import (
     DecodeError,
     ModifierError,
     ProduceError,
+    RecordTooLargeError,
     RegistryUnavailableError,
     SchemaRefusedError,
 )
@@ -73,6 +74,14 @@ class ChangeDecoderLike(Protocol):
                  ) -> tuple[Relation, Op, Any, Any, tuple[str, ...]]: ...
 
 
+class KeyWatchLike(Protocol):
+    """Follows key changes no change line shows (`bridge.source.decoder.KeyWatch`)."""
+
+    def tick(self) -> None: ...
+
+    def before_commit(self, commit_lsn: Lsn) -> None: ...
+
+
 class TableCodecLike(Protocol):
     def key(self, row: Any) -> bytes | None: ...
 
@@ -108,6 +117,9 @@ class ProducerSettings:
     # position (keepalive walEnd) may be confirmed — every commit before it has been received.
     # (In sql mode pg_current_wal_lsn() may be ahead of commits not yet peeked: never.)
     confirm_idle: bool = False
+    # librdkafka's `message.max.bytes` (kafka.config may raise it): named in the error when a
+    # record is over it.
+    message_max_bytes: int = 1_000_000
 
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -167,6 +179,7 @@ class ChangeProducer:
         include: TableFilter,
         settings: ProducerSettings,
         heartbeat: Callable[[], object] | None = None,
+        key_watch: KeyWatchLike | None = None,
         assembler: TransactionAssembler | None = None,
         slot: str = "",
         signer: Signer | None = None,
@@ -187,6 +200,7 @@ class ChangeProducer:
         self.include = include
         self.s = settings
         self.heartbeat = heartbeat
+        self.key_watch = key_watch
         self.assembler = assembler or TransactionAssembler()
         self.slot = slot
         self._tails: dict[str, dict[int, Tail]] = {}
@@ -309,6 +323,11 @@ class ChangeProducer:
             if self.fatal is None:
                 metrics.PRODUCE_ERRORS.inc()
                 pos = position_from_headers(msg.headers())
+                if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    out = self._out_of_topic(msg.topic() or "")
+                    self.fatal = self._too_large(out, msg.key(), msg.value(), "the broker's", None,
+                                                 partition=msg.partition(), position=str(pos) if pos else None)
+                    return
                 self.fatal = ProduceError(f"delivery failed: {err}", topic=msg.topic(), partition=msg.partition(),
                                           position=str(pos))
 
@@ -413,6 +432,8 @@ class ChangeProducer:
             batch = []
         else:
             batch = self.source.read(self.s.read_timeout_s)
+        if self.key_watch is not None:
+            self.key_watch.tick()
         reconnects = getattr(self.source, "reconnects", 0)
         if reconnects != self._reconnects:
             # The server resends from the confirmed position: drop the half-read transaction.
@@ -502,6 +523,8 @@ class ChangeProducer:
             return
         self._last_lsn = txn.commit_lsn
         self._passed_tails(txn.commit_lsn)
+        if self.key_watch is not None:
+            self.key_watch.before_commit(txn.commit_lsn)
         metrics.TRANSACTIONS.inc()
         entry = self.ledger.open(txn.commit_lsn)
         xid = txn.xid or 0
@@ -643,8 +666,58 @@ class ChangeProducer:
                 break
             except BufferError:
                 self.producer.poll(0.05)  # the client's queue is full: wait for deliveries
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise self._too_large(out, key, value, "the producer's", self.s.message_max_bytes,
+                                          partition=partition, position=str(Position(batch.entry.commit_lsn, seq))
+                                          ) from exc
+                raise ProduceError(f"the Kafka client refused a record: {exc}", topic=out.topic,
+                                   partition=partition) from exc
         ledger.sent(batch.entry, out.tps[partition], seq)
         out.produced += 1
+
+
+    def _out_of_topic(self, topic: str) -> _TableOut | None:
+        for out in self._outs.values():
+            if out.topic == topic:
+                return out
+        return None
+
+    def _too_large(self, out: _TableOut | None, key: bytes | None, value: bytes | None, whose: str,
+                   limit: int | None, **context: Any) -> RecordTooLargeError:
+        """The error for a record over a size limit: one line naming table, key, size, limit and
+        what to raise. The record's transaction stays unconfirmed, so a restart after raising
+        the limits produces it again (nothing is lost)."""
+        size = len(key or b"") + len(value or b"")
+        table = out.relation.qualified if out is not None else None
+        where = f"{whose} limit" + (f" of {limit} bytes" if limit is not None else "")
+        return RecordTooLargeError(
+            f"a record of {size} bytes for table {table} is over {where}: raise "
+            'kafka.config."message.max.bytes" (the producer\'s limit) and the topic\'s max.message.bytes '
+            "(or the broker's message.max.bytes) above it, then restart; the slot is not advanced past "
+            "this change",
+            table=table, key=_key_text(out, key), size=size, limit=limit,
+            topic=out.topic if out is not None else None, **context)
+
+
+def _key_text(out: _TableOut | None, key: bytes | None) -> str | None:
+    """The key's column values for a log line (decoded from its Avro body), else its hex."""
+    if key is None:
+        return None
+    codec: Any = out.codec if out is not None else None
+    schema = getattr(codec, "key_schema", None)
+    prefix = getattr(codec, "key_prefix", None)
+    if schema is not None and prefix is not None and key.startswith(prefix):
+        try:
+            import io
+
+            import fastavro
+
+            return str(fastavro.schemaless_reader(io.BytesIO(key[len(prefix):]), fastavro.parse_schema(schema)))
+        except Exception:  # only for the message: fall back to the bytes
+            pass
+    return key.hex()
 
 
 def _now_ms() -> int:

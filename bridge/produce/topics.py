@@ -110,6 +110,9 @@ class TopicManager:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise ProduceError(f"cannot create topic: {exc}", topic=topic) from exc
+        except TimeoutError as exc:
+            raise ProduceError(f"the broker did not answer the creation of the topic within {timeout:g} s "
+                               "(is it reachable with kafka.config's security settings?)", topic=topic) from exc
         while True:
             md = self._admin.list_topics(topic, timeout=10)
             t = md.topics.get(topic)

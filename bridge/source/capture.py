@@ -396,8 +396,12 @@ class SqlCapture:
 
     def __init__(self, dsn: str, slot: str, *, batch_changes: int = 10_000,
                  max_unconfirmed_lines: int = 100_000, fetch_rows: int = 2_000,
-                 poll_interval_s: float = 0.2, reconnect_max_s: float = 30.0) -> None:
+                 poll_interval_s: float = 0.2, reconnect_max_s: float = 30.0,
+                 guard: Callable[[], None] | None = None) -> None:
+        """`guard`, when given, is called before each (re)connect and raises when this process may
+        not use the slot (`SlotLock.hold`: another producer holds it)."""
         self.dsn = dsn
+        self._guard = guard
         self.slot = validate_slot_name(slot)
         self.batch_changes = batch_changes
         self.max_unconfirmed_lines = max_unconfirmed_lines
@@ -442,6 +446,8 @@ class SqlCapture:
     # --- connection -----------------------------------------------------------------------------
 
     def _connect(self) -> None:
+        if self._guard is not None:
+            self._guard()
         ctl = sql_connect(self.dsn, self.slot)
         try:
             peek = sql_connect(self.dsn, self.slot, autocommit=False)

@@ -92,6 +92,21 @@ SELECT a.attname::text
 """
 
 
+# Primary key and replica identity of the cached tables, with the WAL insert position at the time
+# of reading: a key change seen here committed before that position.
+_KEYS_SQL = """
+SELECT n.nspname::text, c.relname::text, c.relreplident::text,
+       coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)
+                   FROM pg_catalog.pg_index i
+                   CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                  WHERE i.indrelid = c.oid AND i.indisprimary), '{}'::text[]),
+       pg_catalog.pg_current_wal_lsn()::text
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.oid = ANY(%(oids)s::oid[])
+"""
+
+
 def _modifiers(base: str, typmod: int) -> tuple[int | None, int | None, int | None]:
     """(precision, scale, length) from a typmod; PG15 stores numeric scale as signed 11 bits."""
     if typmod < 0:
@@ -201,6 +216,25 @@ class Catalog:
         )
         self._cache[(schema, table)] = rel
         return rel
+
+    def key_changes(self) -> tuple[str | None, list[tuple[str, str]]]:
+        """The cached tables whose primary key or replica identity differ in the catalog now, and
+        the WAL insert position (text) read in the same statement — every such change committed
+        before it. Called periodically by `KeyWatch`: a key change alone shows in no change line
+        until a DELETE or key update prints the new key. Raises SourceError when the query fails.
+        """
+        oids = [rel.oid for rel in self._cache.values() if rel.oid]
+        if not oids:
+            return None, []
+        rows = self._fetch(_KEYS_SQL, {"oids": oids})
+        changed: list[tuple[str, str]] = []
+        lsn: str | None = None
+        for schema, table, replident, pk, current in rows:
+            lsn = current
+            rel = self._cache.get((schema, table))
+            if rel is not None and (tuple(pk) != rel.primary_key or replident != rel.replica_identity):
+                changed.append((schema, table))
+        return lsn, changed
 
     def forget(self, schema: str, table: str) -> None:
         """Drop the cached relation (the next `relation()` reads it again as version 1)."""

@@ -11,11 +11,13 @@ the relation from the change's own column names and types.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
-from bridge.errors import DecodeError, SchemaError
+from bridge.errors import DecodeError, SchemaError, SourceError
 from bridge.events import Op, Row
+from bridge.lsn import Lsn
 from bridge.relation import Relation
 from bridge.source.catalog import Catalog
 from bridge.source.converters import CONVERSION_ERRORS, Converter, conversion_error, raw_converter
@@ -91,6 +93,11 @@ class RowDecoder:
             for name, type_ in zip(old.names, old.types, strict=True):
                 if name not in index or (types is not None and types[name] != type_):
                     return False
+            rel = self.relation
+            if rel.replica_identity == "d" and rel.primary_key and set(old.names) != set(rel.primary_key):
+                # The old key lists the key columns the table has *now*: the primary key was
+                # changed (ALTER TABLE … DROP CONSTRAINT …, ADD PRIMARY KEY …).
+                return False
         return True
 
     def decode(self, change: ChangeLine) -> Decoded:
@@ -210,6 +217,16 @@ class ChangeDecoder:
         op, before, after, unchanged = dec.decode(change)
         return dec.relation, op, before, after, unchanged
 
+    def reload(self, schema: str, table: str) -> None:
+        """Re-read `schema.table` from the catalog (its key changed): the next change of it is
+        decoded with the new relation version. Raises SourceError when the catalog cannot be read."""
+        try:
+            rel = self._catalog.refresh(schema, table)
+        except SchemaError:
+            self.forget(schema, table)  # dropped since: the next change describes itself
+            return
+        self._decoders[(schema, table)] = RowDecoder(rel)
+
     def forget(self, schema: str, table: str) -> None:
         """Drop the cached decoder and relation of a table (e.g. after it was dropped)."""
         self._decoders.pop((schema, table), None)
@@ -239,3 +256,61 @@ class ChangeDecoder:
                                   columns=tup.names)
         self._decoders[(schema, table)] = dec
         return dec
+
+
+KEY_CHECK_INTERVAL_S = 1.0
+"""How often `KeyWatch` compares the cached keys with the catalog: one query for all tables
+(well under a millisecond), so at most one per second costs nothing measurable."""
+
+
+class KeyWatch:
+    """Follows primary-key (and replica-identity) changes that no change line shows.
+
+    A DELETE or a key-changing UPDATE prints the table's current key columns, and `RowDecoder`
+    notices a new key from those. An INSERT or an UPDATE that keeps its key shows nothing, so
+    every `KEY_CHECK_INTERVAL_S` the cached keys are compared with the catalog. A difference is
+    known to have committed before the WAL position read with it (`Catalog.key_changes`), so the
+    table is reloaded for the first transaction committing after that position, never earlier:
+    a change that may predate the ALTER keeps the key it was written under. Called by the
+    producer loop: `tick` every turn, `before_commit` before each transaction is decoded.
+    """
+
+    def __init__(self, catalog: Catalog, decoder: ChangeDecoder, interval_s: float = KEY_CHECK_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._catalog = catalog
+        self._decoder = decoder
+        self._interval_s = interval_s
+        self._clock = clock
+        self._next = clock() + interval_s
+        self._pending: dict[tuple[str, str], Lsn] = {}  # table -> reload for commits after this
+
+    def tick(self) -> None:
+        """Query the catalog when the interval has passed (a failure is logged, not raised)."""
+        now = self._clock()
+        if now < self._next:
+            return
+        self._next = now + self._interval_s
+        try:
+            lsn, changed = self._catalog.key_changes()
+        except SourceError as exc:
+            # Best effort: a source that cannot be read now is read at the next interval (the
+            # capture has its own reconnects; a DELETE or key update still shows a new key).
+            log.warning("cannot compare the cached keys with the catalog: %s", exc)
+            return
+        if lsn is None:
+            return
+        at = Lsn.parse(lsn)
+        for table in changed:
+            if table not in self._pending:
+                log.info("primary key or replica identity of %s.%s changed; changes committed after %s "
+                         "use the new one", table[0], table[1], at, extra={"table": f"{table[0]}.{table[1]}"})
+                self._pending[table] = at
+
+    def before_commit(self, commit_lsn: Lsn) -> None:
+        """Reload the tables whose key change is known to precede `commit_lsn`."""
+        if not self._pending:
+            return
+        for table, at in list(self._pending.items()):
+            if commit_lsn > at:
+                del self._pending[table]
+                self._decoder.reload(*table)

@@ -57,13 +57,24 @@ class TableProgress:
         return cls(d["schema"], d["table"], bool(d.get("done")), d.get("last_key"), int(d.get("rows", 0)))
 
 
+def quoted_identity(schema: str, table: str) -> str:
+    """`"schema"."table"` with `"` doubled, as SQL writes it: the key of a table in the snapshot
+    state. Dotted text is ambiguous (`"public.a".b` and `public."a.b"` are both `public.a.b`)."""
+    return '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
+
+
 @dataclass(slots=True)
 class SnapshotState:
     """The whole snapshot's progress: consistent point, next seq, per-table progress."""
 
     consistent_point: int
     next_seq: int = 0
-    tables: dict[str, TableProgress] = field(default_factory=dict)
+    tables: dict[str, TableProgress] = field(default_factory=dict)  # by `quoted_identity`
+
+    @classmethod
+    def of_tables(cls, consistent_point: int, tables: list[tuple[str, str]]) -> SnapshotState:
+        """A new snapshot of `tables` (schema, table), none read yet."""
+        return cls(consistent_point, 0, {quoted_identity(s, t): TableProgress(s, t) for s, t in tables})
 
     @property
     def done(self) -> bool:
@@ -75,8 +86,11 @@ class SnapshotState:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SnapshotState:
+        # Re-keyed from each entry's own names: states written before the key was the quoted
+        # identity used dotted text, which is ambiguous (two tables could share one entry).
+        progress = [TableProgress.from_json(v) for v in d.get("tables", {}).values()]
         return cls(int(d["consistent_point"]), int(d.get("next_seq", 0)),
-                   {k: TableProgress.from_json(v) for k, v in d.get("tables", {}).items()})
+                   {quoted_identity(p.schema, p.table): p for p in progress})
 
 
 def list_tables(conn: psycopg.Connection[Any], include: Callable[[str, str], bool]) -> list[tuple[str, str]]:

@@ -65,5 +65,19 @@ def test_namespace_and_topic() -> None:
     assert namespace("bridge", "public", "orders") == "bridge.public.orders"
     assert namespace("my.app", "Sales Data", "1x") == f"my.app.Sales_Data_{crc('Sales Data')}._1x_{crc('1x')}"
     assert topic_name("bridge", "public", "orders") == "bridge.public.orders"
-    assert topic_name("bridge", "Sales Data", "é$t") == "bridge.Sales_Data.__t"
+    assert topic_name("bridge", "Sales Data", "é$t") == "bridge.Sales_20_Data._e9__24_t.esc"
+    assert topic_name("bridge", "public.a", "b") == "bridge.public_2e_a.b.esc"
+    assert topic_name("bridge", "public", "a.b") == "bridge.public.a_2e_b.esc"
+    assert topic_name("bridge", "public", "a_2e_b") == "bridge.public.a_2e_b"
     assert topic_name("bridge", "s", "my-table_1") == "bridge.s.my-table_1"
+
+
+_IDENT = st.text(min_size=1, max_size=12, alphabet=st.sampled_from(list("ab_-.$ é\"0")))
+
+
+@given(st.tuples(_IDENT, _IDENT), st.tuples(_IDENT, _IDENT))
+def test_topic_name_is_injective(one: tuple[str, str], two: tuple[str, str]) -> None:
+    """Two distinct (schema, table) pairs never share a topic; every topic is legal for Kafka."""
+    a, b = topic_name("bridge", *one), topic_name("bridge", *two)
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", a)
+    assert (a == b) == (one == two)
