@@ -9,7 +9,6 @@ binary row encoder and the apply statements. Later calls return the cached plan.
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +60,15 @@ JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type et ON t.typcategory = 'A' AND et.oid = t.typelem
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
+"""
+
+_PRIMARY_KEY_SQL = """
+SELECT c.conname::text, array_agg(a.attname::text ORDER BY k.ord)
+FROM pg_constraint c
+CROSS JOIN unnest(c.conkey) WITH ORDINALITY k(attnum, ord)
+JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+WHERE c.conrelid = %s AND c.contype = 'p'
+GROUP BY c.conname
 """
 
 _UNIQUE_SQL = """
@@ -262,22 +270,23 @@ class TargetTables:
             want_key = set(relation.primary_key)
             uniques = [set(r[0]) for r in conn.execute(_UNIQUE_SQL, (oid,)).fetchall()]
             if want_key not in uniques:
-                self._follow_key(conn, relation, target)
+                self._follow_key(conn, relation, target, oid)
         return cols
 
     @staticmethod
-    def _follow_key(conn: psycopg.Connection[Any], relation: Relation, target: str) -> None:
-        """The source's primary key is not a unique key of the target (the key was changed on the
-        source while streaming, or the target table was made by hand): add a unique index on it,
-        which the upsert's ON CONFLICT needs. The target's old key stays; the log says so. If the
-        target's rows repeat the new key, the index fails and the table's records are rejected
-        (`TableRejectedError` in the apply) naming this."""
+    def _follow_key(conn: psycopg.Connection[Any], relation: Relation, target: str, oid: int | None) -> None:
+        """The source's primary key is not a unique key of the target: the key was changed on the
+        source while streaming (`DROP CONSTRAINT …, ADD PRIMARY KEY (…)`), or the target table was
+        made by hand. Mirror the source: the target's primary key becomes the source's, which the
+        upsert's ON CONFLICT needs (other unique indexes of the target stay). If the target's rows
+        repeat the new key, or hold NULL in it, PostgreSQL refuses and the apply rejects the
+        table's records (`TableRejectedError`) naming why."""
+        row = conn.execute(_PRIMARY_KEY_SQL, (oid,)).fetchone()
         cols = ", ".join(qi(k) for k in relation.primary_key)
-        index = f"{relation.table[:40]}_bridge_key_{zlib.crc32(cols.encode()):08x}"
-        run(conn, f"CREATE UNIQUE INDEX IF NOT EXISTS {qi(index)} ON {target} ({cols})")
-        log.warning("target table %s had no unique index on its source's primary key (%s): created %s. A unique "
-                    "key the target had before still holds; drop it if the source no longer enforces it",
-                    relation.qualified, ", ".join(relation.primary_key), index)
+        drop = f"DROP CONSTRAINT {qi(row[0])}, " if row is not None else ""
+        run(conn, f"ALTER TABLE {target} {drop}ADD PRIMARY KEY ({cols})")
+        log.warning("target table %s: primary key %s replaced by the source's (%s)", relation.qualified,
+                    f"({', '.join(row[1])})" if row is not None else "(none)", ", ".join(relation.primary_key))
 
     @staticmethod
     def _read_columns(conn: psycopg.Connection[Any], oid: int | None) -> dict[str, TargetColumn]:

@@ -377,8 +377,9 @@ def test_target_schema_error_names_table_and_column(target_dsn: str, applier: Ap
     assert "public.orders" in str(err.value)
 
 
-def test_target_without_the_key_gets_a_unique_index_on_it(target_dsn: str, applier: Applier) -> None:
-    """The source's key changed (or the target was made by hand): the sink follows the key."""
+def test_target_without_the_key_gets_it_as_primary_key(target_dsn: str, applier: Applier) -> None:
+    """The source's key changed (or the target was made by hand): the target's primary key
+    becomes the source's."""
     with psycopg.connect(target_dsn, autocommit=True) as c:
         c.execute("CREATE TABLE orders (id bigint, amount numeric, status text, big text)")
     s = Stream()
@@ -387,6 +388,17 @@ def test_target_without_the_key_gets_a_unique_index_on_it(target_dsn: str, appli
     applier.apply([s.rec(ORDERS, Op.UPDATE, (1, Decimal("2"), "b", None))])
     assert rows(target_dsn, "SELECT id, amount, status FROM orders") == [(1, Decimal("2"), "b")]
     assert rows(target_dsn, "SELECT indexdef LIKE '%UNIQUE%(id)' FROM pg_indexes WHERE tablename = 'orders'") == [(True,)]
+    with psycopg.connect(target_dsn, autocommit=True) as c:  # a key that differs from the target's
+        c.execute("DROP TABLE orders")
+        c.execute("CREATE TABLE orders (id bigint, amount numeric, status text PRIMARY KEY, big text)")
+    s.commit()
+    fresh = Applier(target_dsn)  # a sink that meets this table for the first time
+    try:
+        fresh.apply([s.rec(ORDERS, Op.INSERT, (1, Decimal("3"), "b", None)),
+                     s.rec(ORDERS, Op.INSERT, (2, Decimal("4"), "b", None))])
+    finally:
+        fresh.close()
+    assert rows(target_dsn, "SELECT id, status FROM orders ORDER BY id") == [(1, "b"), (2, "b")]
 
 
 def test_a_table_the_target_refuses_is_rejected_whole_while_others_apply(target_dsn: str, applier: Applier) -> None:
