@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -16,6 +14,7 @@ from confluent_kafka.admin import AdminClient
 
 from bridge.errors import BridgeError
 from bridge.local import free_port
+from bridge.local.process import LocalProcess
 
 _LOG4J2 = """\
 status = warn
@@ -30,17 +29,10 @@ logger.kafka.level = INFO
 """
 
 
-class LocalBroker:
+class LocalBroker(LocalProcess):
     """A broker process owned by this process: start, stop, pause/resume, restart (same port)."""
 
     name = "broker"
-
-    def __init__(self, root: Path | None = None) -> None:
-        self._own_root = root is None
-        self.root = Path(root or tempfile.mkdtemp(prefix=f"bridge-{self.name}-"))
-        self.port = free_port()
-        self.logfile = self.root / f"{self.name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -55,10 +47,7 @@ class LocalBroker:
     def start(self, timeout: float = 90.0) -> LocalBroker:
         if self.proc is None or self.proc.poll() is not None:
             self._prepare()
-            log = open(self.logfile, "ab")
-            self.proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-            log.close()
+            self._spawn(self._command())
         self.wait_ready(timeout)
         return self
 
@@ -79,27 +68,6 @@ class LocalBroker:
                 raise BridgeError(f"{self.name} did not answer metadata on {self.bootstrap}:\n{self.log_tail()}")
             time.sleep(0.3)
 
-    def pause(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGCONT)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGCONT)
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
-
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -109,17 +77,6 @@ class LocalBroker:
         """Stop and start on the same port; Kafka keeps its log dirs, Tansu (memory) keeps nothing."""
         self.stop()
         self.start()
-
-    def destroy(self) -> None:
-        self.stop(timeout=10)
-        if self._own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 def kafka_classpath() -> str:

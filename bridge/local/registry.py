@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.errors import BridgeError
-from bridge.local import free_port
+from bridge.local.process import LocalProcess
 
 APICURIO_VERSION = "2.6.13.Final"
 CCOMPAT_PATH = "/apis/ccompat/v7"
@@ -51,7 +48,7 @@ def apicurio_home(version: str = APICURIO_VERSION, *, install: bool = True) -> P
     return Path(res.stdout.strip().splitlines()[-1])
 
 
-class LocalRegistry:
+class LocalRegistry(LocalProcess):
     """An Apicurio Registry process owned by this process: `start()`, `url`, `stop()`, `destroy()`.
 
     `compatibility` is set as the registry's global level once it answers (Apicurio's own
@@ -62,14 +59,10 @@ class LocalRegistry:
 
     def __init__(self, root: Path | None = None, *, version: str = APICURIO_VERSION,
                  compatibility: str = DEFAULT_COMPATIBILITY, java: str = "java") -> None:
-        self._own_root = root is None
-        self.root = Path(root or tempfile.mkdtemp(prefix="bridge-apicurio-"))
+        super().__init__(root)
         self.version = version
         self.compatibility = compatibility
         self.java = java
-        self.port = free_port()
-        self.logfile = self.root / "apicurio.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def base(self) -> str:
@@ -103,11 +96,7 @@ class LocalRegistry:
         """Start (if not running) and wait until the Confluent API answers; then set the global
         compatibility level. Raises `BridgeError` with the log's tail when it does not come up."""
         if self.proc is None or self.proc.poll() is not None:
-            home = apicurio_home(self.version)
-            log = open(self.logfile, "ab")
-            self.proc = subprocess.Popen(self._command(home), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True)
-            log.close()
+            self._spawn(self._command(apicurio_home(self.version)), cwd=self.root)
         self.wait_ready(timeout)
         self.request("PUT", "/config", {"compatibility": self.compatibility})
         return self
@@ -139,36 +128,3 @@ class LocalRegistry:
         except urllib.error.HTTPError as exc:
             raise BridgeError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:500]!r}") from exc
         return json.loads(text) if text else None
-
-    def pause(self) -> None:
-        """SIGSTOP: the port still accepts connections, nothing answers (a hung registry)."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGCONT)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGCONT)
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
-
-    def destroy(self) -> None:
-        self.stop(timeout=10)
-        if self._own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
