@@ -224,7 +224,10 @@ def test_demo_with_registry() -> None:
                          cwd=REPO)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "schema registry: http://127.0.0.1:" in res.stdout
-    assert "registry subjects 6 (demo.public.Line_Items-key" in res.stdout, res.stdout[-3000:]
+    from bridge.codec.names import topic_name
+
+    items = topic_name("demo", "public", "Line Items")  # the contract's escaping of the space
+    assert f"registry subjects 6 ({items}-key" in res.stdout, res.stdout[-3000:]
     assert "target == source  yes" in res.stdout, res.stdout[-3000:]
 
 
