@@ -17,8 +17,10 @@ from bridge.local import free_port
 _SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "wal_level": "logical",
-    "max_replication_slots": "32",
-    "max_wal_senders": "32",
+    # One cluster serves a whole test session, whose pipelines each make a slot of their own
+    # (about 60 in `make test`; tests that end early may leave theirs behind).
+    "max_replication_slots": "200",
+    "max_wal_senders": "64",
     "max_connections": "200",
     "shared_buffers": "256MB",
     # Throwaway clusters: durability against an OS crash is not what the tests exercise,

@@ -110,5 +110,14 @@ def running_rig(kind: str, pg: PgServer, tmp: Path, **overrides: Any) -> Iterato
     finally:
         producer.terminate()
         sink.terminate()
+        drop_slot(source_dsn, json.loads(cfg.read_text())["source"]["slot"])
         if local is not None:
             local.destroy()
+
+
+def drop_slot(dsn: str, slot: str) -> None:
+    """Drop a test's slot: the session's one cluster has a limited number, and a slot left behind
+    keeps the cluster's WAL."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                     " WHERE slot_name = %s AND NOT active", (slot,))

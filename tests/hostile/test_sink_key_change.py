@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 
 from tests.conftest import Broker
+from tests.hostile.rig import drop_slot
 from tests.pipeline import BridgeProcess, check_alive, wait_converged, wait_slot_active, write_config
 
 TABLES = {"public.acct": (["a", "b", "v"], "b"), "public.other": (["id", "v"], "id")}
@@ -49,3 +50,4 @@ def test_the_target_follows_a_primary_key_change(broker: Broker, source_dsn: str
     finally:
         producer.terminate()
         sink.terminate()
+        drop_slot(source_dsn, json.loads(cfg.read_text())["source"]["slot"])

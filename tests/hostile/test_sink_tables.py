@@ -18,6 +18,7 @@ import pytest
 from bridge.local import free_port
 from tests.conftest import BROKER_KINDS, Broker
 from tests.hostile.forge import headers
+from tests.hostile.rig import drop_slot
 from tests.pipeline import BridgeProcess, check_alive, wait_converged, wait_slot_active, write_config
 
 TANSU = ["tansu"] if "tansu" in BROKER_KINDS else BROKER_KINDS
@@ -55,6 +56,7 @@ def test_a_wide_keyless_table_is_rejected_while_the_others_flow(broker: Broker, 
     finally:
         producer.terminate()
         sink.terminate()
+        drop_slot(source_dsn, conf["source"]["slot"])
 
 
 def _read_all(bootstrap: str, topic: str, expect: int, timeout: float = 90.0) -> list:  # type: ignore[type-arg]
