@@ -8,7 +8,10 @@ KAFKA_CP := .cache/kafka.classpath
 
 .PHONY: test unit lint typecheck kafka-jars helm venv demo chaos bench clean apicurio image
 
-$(STAMP): pyproject.toml
+# The editable install also compiles the Rust crate (native/) into bridge/_native*.so with maturin;
+# a change to the crate rebuilds it.
+NATIVE_SRC := native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs native/src/*/*.rs)
+$(STAMP): pyproject.toml $(NATIVE_SRC)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

@@ -1,0 +1,10 @@
+//! `bridge._native`: the compiled hot loops of pgbridge. Python keeps the orchestration; the
+//! Python implementation stays the reference these functions are tested against.
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
