@@ -23,7 +23,7 @@ def enabled() -> bool:
 def module() -> ModuleType:
     """The compiled extension. Raises ImportError, naming the fix, when it was not built."""
     try:
-        from bridge import _native
+        import bridge._native as _native
     except ImportError as exc:  # pragma: no cover - an installation error
         raise ImportError("bridge._native is missing: build it with `make venv` "
                           "(or `pip install .`), or set BRIDGE_NATIVE=0 for the Python reference path") from exc
