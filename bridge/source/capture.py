@@ -413,6 +413,9 @@ class SqlCapture:
         self._backoff = _Backoff(reconnect_max_s)
         self._confirmed: Lsn | None = None
         self._wal_end = ZERO
+        self._peek_wal_end = ZERO
+        self._peek_limit = 0
+        self._peek_rows = 0
         self._ctl: psycopg.Connection[Any] | None = None
         self._peek_conn: psycopg.Connection[Any] | None = None
         self._cursor: psycopg.ServerCursor[Any] | None = None
@@ -499,15 +502,19 @@ class SqlCapture:
     def _start_peek(self) -> None:
         conn, ctl = self._peek_conn, self._ctl
         assert conn is not None and ctl is not None
+        # The WAL end before the peek becomes `server_wal_end` only once the peek has been read
+        # to its end without reaching its row limit (see `_end_peek`): until then transactions
+        # committed below it may still be unread, and confirming it would skip them.
         row = ctl.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-        if row is not None:
-            self._wal_end = max(self._wal_end, Lsn.parse(row[0]))
+        self._peek_wal_end = Lsn.parse(row[0]) if row is not None else ZERO
+        self._peek_limit = self.batch_changes + self._history_lines
+        self._peek_rows = 0
         opts = ", ".join(f"'{k}', '{v}'" for k, v in DECODING_OPTIONS)
         cur = conn.cursor(name="bridge_peek")
         cur.itersize = self.fetch_rows
         # Ask for the lines already returned since the slot's position plus a new batch.
         cur.execute(f"SELECT lsn::text, data FROM pg_logical_slot_peek_changes(%s, NULL, %s, {opts})",
-                    (self.slot, self.batch_changes + self._history_lines))
+                    (self.slot, self._peek_limit))
         self._cursor = cur
         self.peeks += 1
         self._peek_new = 0
@@ -521,6 +528,10 @@ class SqlCapture:
             cur.close()
         if conn is not None:
             conn.rollback()
+        if self._peek_rows < self._peek_limit:
+            # read to its end, and it ended at the WAL end of its start, not at its row limit:
+            # every transaction committed below that has been returned
+            self._wal_end = max(self._wal_end, self._peek_wal_end)
         # The next peek starts at the slot's position, which only moves forward: units returned
         # before now are found again (skipped) or were confirmed away.
         if self._peek_new == 0:
@@ -562,6 +573,7 @@ class SqlCapture:
                 assert cur is not None
                 self._pending = cur.fetchmany(self.fetch_rows)
                 self._pending_pos = 0
+                self._peek_rows += len(self._pending)
                 if not self._pending:
                     if self._skip == -1:  # empty peek: everything returned is behind the slot
                         self._drop_units(len(self._hist))

@@ -300,3 +300,29 @@ def test_fast_restart_completes_when_idle_position_confirmed(pg: PgServer, sourc
         assert tail[1][1] == "table public.t: INSERT: id[integer]:-2 v[text]:'after fast restart'"
     finally:
         cap.close()
+
+
+def test_sql_idle_position_never_passes_an_unread_transaction(source_dsn: str, slot_name: str,
+                                                              prepared: tuple[Lsn, list[Line]]) -> None:
+    """A peek stops after `batch_changes` rows (at a transaction's end): the WAL end taken before it
+    is then ahead of transactions not read yet. `server_wal_end` is what a caller with nothing in
+    flight confirms, so it must never pass a commit that `read` has not returned (else the slot
+    skips those transactions: lost changes)."""
+    _start, expected = prepared
+    cap = SqlCapture(source_dsn, slot_name, batch_changes=300, fetch_rows=100,
+                     max_unconfirmed_lines=10**6, poll_interval_s=0.05)
+    try:
+        got: list[Line] = []
+        deadline = time.monotonic() + 30
+        while len(got) < len(expected):
+            assert time.monotonic() < deadline, f"only {len(got)} of {len(expected)} lines arrived"
+            got.extend((m.lsn, m.data) for m in cap.read(0.2))
+            done = commits(got)
+            unread = [c for c in commits(expected) if not done or c > done[-1]]
+            if unread:
+                assert cap.server_wal_end < unread[0], (
+                    f"server_wal_end {cap.server_wal_end} passes the unread commit {unread[0]}")
+        assert got == expected
+        assert cap.peeks > 3
+    finally:
+        cap.close()
