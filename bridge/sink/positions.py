@@ -15,7 +15,7 @@ from psycopg import sql
 
 from bridge.events import Position
 from bridge.lsn import Lsn
-from bridge.sink.statements import run
+from bridge.sink.statements import lock_ddl, run
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ class PositionTable:
             " seq bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),"
             " PRIMARY KEY (topic, partition))"
         ).format(name=name)
+        self._exists = sql.SQL("SELECT 1 WHERE to_regclass(%s) IS NOT NULL")
+        self._regname = '"' + schema.replace('"', '""') + '".' + TABLE
         self._load_all = sql.SQL("SELECT topic, partition, commit_lsn::text, seq FROM {name}").format(name=name)
         self._load = sql.SQL(
             "SELECT p.topic, p.partition, p.commit_lsn::text, p.seq FROM {name} p"
@@ -53,7 +55,11 @@ class PositionTable:
 
     def ensure(self, conn: psycopg.Connection[Any]) -> None:
         """Create the schema and table when missing. Called once per connection. One statement
-        per execute, with (no) parameters: the extended protocol, which never runs a second one."""
+        per execute, with (no) parameters: the extended protocol, which never runs a second one.
+        Runs inside a transaction: the DDL lock (`lock_ddl`) keeps two sinks from racing."""
+        if run(conn, self._exists, (self._regname,)).fetchone() is not None:
+            return
+        lock_ddl(conn)
         run(conn, self._create_schema)
         run(conn, self._create)
 

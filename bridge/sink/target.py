@@ -9,7 +9,7 @@ binary row encoder and the apply statements. Later calls return the cached plan.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ import psycopg
 from bridge.errors import TargetSchemaError
 from bridge.relation import Column, Relation
 from bridge.sink.stage import Encoder, column_code, is_array, row_encoder, staging_type, wire_for
-from bridge.sink.statements import run
+from bridge.sink.statements import lock_ddl, run
 from bridge.sink.types import candidates
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,14 @@ GROUP BY i.indexrelid
 
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+class _DdlNeeded(Exception):
+    """Raised by `_refuse_ddl`: the target table needs a change (see `TargetTables._ensure`)."""
+
+
+def _refuse_ddl(statement: str) -> object:
+    raise _DdlNeeded(statement)
 
 
 def _regname(schema: str, table: str) -> str:
@@ -236,6 +244,17 @@ class TargetTables:
         return out
 
     def _ensure(self, conn: psycopg.Connection[Any], relation: Relation) -> dict[str, TargetColumn]:
+        """The target table's columns, after creating or evolving it to hold `relation`. Looks
+        first without changing anything; when a change is needed, takes the DDL lock (another
+        sink may be making the same change) and looks again under it."""
+        try:
+            return self._ensure_under(conn, relation, _refuse_ddl)
+        except _DdlNeeded:
+            lock_ddl(conn)
+            return self._ensure_under(conn, relation, lambda stmt: run(conn, stmt))
+
+    def _ensure_under(self, conn: psycopg.Connection[Any], relation: Relation,
+                      ddl: Callable[[str], object]) -> dict[str, TargetColumn]:
         schema, table = relation.schema, relation.table
         target = f"{qi(schema)}.{qi(table)}"
         row = conn.execute("SELECT to_regclass(%s)::oid", (_regname(schema, table),)).fetchone()
@@ -245,8 +264,8 @@ class TargetTables:
             defs = [f"{qi(c.name)} {_t(t)}{_default(conn, c, t)}" for c, t in zip(relation.columns, desired, strict=True)]
             if relation.primary_key:
                 defs.append(f"PRIMARY KEY ({', '.join(qi(k) for k in relation.primary_key)})")
-            run(conn, f"CREATE SCHEMA IF NOT EXISTS {qi(schema)}")
-            run(conn, f"CREATE TABLE IF NOT EXISTS {target} ({', '.join(defs)})")
+            ddl(f"CREATE SCHEMA IF NOT EXISTS {qi(schema)}")
+            ddl(f"CREATE TABLE IF NOT EXISTS {target} ({', '.join(defs)})")
             log.info("created target table %s", relation.qualified)
             row = conn.execute("SELECT to_regclass(%s)::oid", (_regname(schema, table),)).fetchone()
             oid = row[0] if row else None
@@ -255,13 +274,13 @@ class TargetTables:
         for col, want in zip(relation.columns, desired, strict=True):
             have = cols.get(col.name)
             if have is None:
-                run(conn, f"ALTER TABLE {target} ADD COLUMN {qi(col.name)} {_t(want)}{_default(conn, col, want)}")
+                ddl(f"ALTER TABLE {target} ADD COLUMN {qi(col.name)} {_t(want)}{_default(conn, col, want)}")
                 log.info("added column %s to target table %s", col.name, relation.qualified)
                 changed = True
                 continue
             widen = _judge(relation, col, have, want)
             if widen is not None:
-                run(conn, f"ALTER TABLE {target} ALTER COLUMN {qi(col.name)} TYPE {_t(widen)}")
+                ddl(f"ALTER TABLE {target} ALTER COLUMN {qi(col.name)} TYPE {_t(widen)}")
                 log.info("widened %s.%s from %s to %s", relation.qualified, col.name, have.type_sql, widen)
                 changed = True
         if changed:
@@ -270,11 +289,12 @@ class TargetTables:
             want_key = set(relation.primary_key)
             uniques = [set(r[0]) for r in conn.execute(_UNIQUE_SQL, (oid,)).fetchall()]
             if want_key not in uniques:
-                self._follow_key(conn, relation, target, oid)
+                self._follow_key(conn, relation, target, oid, ddl)
         return cols
 
     @staticmethod
-    def _follow_key(conn: psycopg.Connection[Any], relation: Relation, target: str, oid: int | None) -> None:
+    def _follow_key(conn: psycopg.Connection[Any], relation: Relation, target: str, oid: int | None,
+                    ddl: Callable[[str], object]) -> None:
         """The source's primary key is not a unique key of the target: the key was changed on the
         source while streaming (`DROP CONSTRAINT …, ADD PRIMARY KEY (…)`), or the target table was
         made by hand. Mirror the source: the target's primary key becomes the source's, which the
@@ -284,7 +304,7 @@ class TargetTables:
         row = conn.execute(_PRIMARY_KEY_SQL, (oid,)).fetchone()
         cols = ", ".join(qi(k) for k in relation.primary_key)
         drop = f"DROP CONSTRAINT {qi(row[0])}, " if row is not None else ""
-        run(conn, f"ALTER TABLE {target} {drop}ADD PRIMARY KEY ({cols})")
+        ddl(f"ALTER TABLE {target} {drop}ADD PRIMARY KEY ({cols})")
         log.warning("target table %s: primary key %s replaced by the source's (%s)", relation.qualified,
                     f"({', '.join(row[1])})" if row is not None else "(none)", ", ".join(relation.primary_key))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -494,3 +496,41 @@ def test_position_table_never_moves_back(target_dsn: str) -> None:
         table.upsert(c, {("t", 0): lo, ("t", 1): hi})
         assert table.load(c) == {("t", 0): hi, ("t", 1): hi}
         assert table.load(c, [("t", 1), ("u", 0)]) == {("t", 1): hi}
+
+
+# -- several sinks against one target -------------------------------------------------------------
+
+def test_two_sinks_creating_the_same_table_both_apply(target_dsn: str) -> None:
+    """Two members of the group meet a new table (or a fresh target) at the same moment. Their
+    `CREATE … IF NOT EXISTS` race on the catalog's unique indexes: the loser got `23505` on
+    `pg_type`/`pg_namespace`, and its records went to the dead-letter topic (changes lost) or the
+    sink stopped. An event trigger that slows every DDL statement down widens the race."""
+    with psycopg.connect(target_dsn, autocommit=True) as c:
+        c.execute("CREATE FUNCTION slow_ddl() RETURNS event_trigger LANGUAGE plpgsql AS"
+                  " $$BEGIN PERFORM pg_sleep(0.5); END$$")
+        c.execute("CREATE EVENT TRIGGER slow_ddl ON ddl_command_end EXECUTE FUNCTION slow_ddl()")
+    rel = Relation("public", "raced", (col("id", "integer", "int4", not_null=True), col("v", "text", "text")),
+                   primary_key=("id",))
+    results: dict[int, Any] = {}
+
+    def member(i: int) -> None:
+        a = Applier(target_dsn)
+        s = Stream(topic="bridge.public.raced", partition=i, lsn=1000 + i)
+        try:
+            results[i] = a.apply_isolating([s.rec(rel, Op.INSERT, (10 * i + k, f"m{i}")) for k in range(5)])
+        except Exception as exc:  # the assertion below names it
+            results[i] = exc
+        finally:
+            a.close()
+
+    threads = [threading.Thread(target=member, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)  # the second member starts while the first one's DDL is still running
+    for t in threads:
+        t.join(60)
+    for i in range(2):
+        assert not isinstance(results[i], Exception), f"member {i} failed: {results[i]!r}"
+        _positions, rejects = results[i]
+        assert rejects == [], f"member {i} dead-lettered {len(rejects)} records: {rejects[0][1]}"
+    assert rows(target_dsn, "SELECT count(*) FROM raced") == [(10,)]
