@@ -126,6 +126,17 @@ def row_converter(record: dict[str, Any]) -> Callable[[dict[str, Any] | None], t
 _DEC_CTX = decimal.Context(prec=2000, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
 
+# Lines reading the fixed-width scalars (`{out}` is the target name); int and long are varints.
+_SCALAR_READS: dict[str, tuple[str, ...]] = {
+    "null": ("{out} = None",),
+    "boolean": ("{out} = d[p] == 1", "p += 1"),
+    "int": (),
+    "long": (),
+    "float": ("{out}, = _uf(d, p)", "p += 4"),
+    "double": ("{out}, = _ud(d, p)", "p += 8"),
+}
+
+
 def _read_varint(d: bytes, p: int, z: int) -> tuple[int, int]:
     """Continue a varint whose first byte `z` (>= 0x80) was at p-1; return (zigzag value, next p)."""
     z &= 0x7F
@@ -218,82 +229,84 @@ class _ReadGen:
         return z
 
     def emit(self, t: Any, out: str, ind: str, ns: str) -> None:
+        """Append the lines that read a value of type `t` from `d` at `p` into `out`."""
         t, ns = self._names.resolve(t, ns)
-        L = self.lines.append
         if isinstance(t, list):
             self.emit_union(t, out, ind, ns)
             return
         kind = t if isinstance(t, str) else t.get("type")
-        logical = t.get("logicalType") if isinstance(t, dict) else None
-        if kind == "null":
-            L(f"{ind}{out} = None")
-        elif kind == "boolean":
-            L(f"{ind}{out} = d[p] == 1")
-            L(f"{ind}p += 1")
-        elif kind in ("int", "long"):
-            z = self.varint(ind)
-            L(f"{ind}{out} = ({z} >> 1) ^ -({z} & 1)")
-        elif kind == "float":
-            L(f"{ind}{out}, = _uf(d, p)")
-            L(f"{ind}p += 4")
-        elif kind == "double":
-            L(f"{ind}{out}, = _ud(d, p)")
-            L(f"{ind}p += 8")
+        if kind in _SCALAR_READS:
+            self.emit_scalar(kind, out, ind)
         elif kind in ("string", "bytes"):
-            z = self.varint(ind)
-            e = self.var("e")
-            L(f"{ind}if {z} & 1:")
-            L(f"{ind}    raise _neg(p)")
-            L(f"{ind}{e} = p + ({z} >> 1)")
-            if kind == "string":
-                L(f"{ind}{out} = d[p:{e}].decode()")
-            elif logical == "decimal":
-                # bounded by the precision (<= PostgreSQL's 1000 digits): int <-> Decimal
-                # conversions are quadratic in the digits, so an oversized one is refused first
-                limit = _decimal_bytes(t)
-                L(f"{ind}if {e} - p > {limit}:")
-                L(f"{ind}    raise _big({e} - p, {limit})")
-                L(f"{ind}{out} = _D(_fb(d[p:{e}], 'big', signed=True)).scaleb({-int(t.get('scale', 0))}, _ctx)")
-            else:
-                L(f"{ind}{out} = d[p:{e}]")
-            L(f"{ind}p = {e}")
+            self.emit_blob(t, kind, out, ind)
         elif kind == "enum":
             z = self.varint(ind)
             syms = self.const(tuple(t["symbols"]))
-            L(f"{ind}if {z} & 1:")
-            L(f"{ind}    raise _bad(-1, p)")
-            L(f"{ind}{out} = {syms}[{z} >> 1]")
+            self.lines += [f"{ind}if {z} & 1:", f"{ind}    raise _bad(-1, p)", f"{ind}{out} = {syms}[{z} >> 1]"]
         elif kind == "fixed":
-            L(f"{ind}{out} = d[p:p + {int(t['size'])}]")
-            L(f"{ind}p += {int(t['size'])}")
+            self.lines += [f"{ind}{out} = d[p:p + {int(t['size'])}]", f"{ind}p += {int(t['size'])}"]
         elif kind == "array":
-            x = self.var("x")
-            L(f"{ind}{out} = []")
-            L(f"{ind}while True:")
-            z = self.varint(ind + "    ")
-            n = self.var("n")
-            L(f"{ind}    {n} = ({z} >> 1) ^ -({z} & 1)")
-            L(f"{ind}    if not {n}:")
-            L(f"{ind}        break")
-            L(f"{ind}    if {n} < 0:")
-            L(f"{ind}        {n} = -{n}")
-            self.varint(ind + "        ")  # block size in bytes, unused
-            # every item takes at least one byte (checked at compile time): a count larger than
-            # what remains is a lie, refused before anything is allocated for it
-            if _min_size(t["items"], self._names, ns) < 1:
-                raise CodecError("arrays of zero-width items are not supported", type=str(t["items"])[:80])
-            L(f"{ind}    if {n} > len(d) - p:")
-            L(f"{ind}        raise _count({n}, len(d) - p)")
-            L(f"{ind}    for _ in range({n}):")
-            self.emit(t["items"], x, ind + "        ", ns)
-            L(f"{ind}        {out}.append({x})")
+            self.emit_array(t, out, ind, ns)
         elif kind in ("record", "error"):
             names = [self.var("f") for _ in t["fields"]]
             for f, name in zip(t["fields"], names, strict=True):
                 self.emit(f["type"], name, ind, ns)
-            L(f"{ind}{out} = ({', '.join(names)}{',' if len(names) == 1 else ''})")
+            self.lines.append(f"{ind}{out} = ({', '.join(names)}{',' if len(names) == 1 else ''})")
         else:
             raise CodecError("unsupported Avro type for the generated reader", type=str(kind))
+
+    def emit_scalar(self, kind: str, out: str, ind: str) -> None:
+        if kind in ("int", "long"):
+            z = self.varint(ind)
+            self.lines.append(f"{ind}{out} = ({z} >> 1) ^ -({z} & 1)")
+            return
+        self.lines += [f"{ind}{line.format(out=out)}" for line in _SCALAR_READS[kind]]
+
+    def emit_blob(self, t: Any, kind: str, out: str, ind: str) -> None:
+        """string, bytes and decimal bytes: a length that must not be negative, then the body."""
+        L = self.lines.append
+        z = self.varint(ind)
+        e = self.var("e")
+        L(f"{ind}if {z} & 1:")
+        L(f"{ind}    raise _neg(p)")
+        L(f"{ind}{e} = p + ({z} >> 1)")
+        logical = t.get("logicalType") if isinstance(t, dict) else None
+        if kind == "string":
+            L(f"{ind}{out} = d[p:{e}].decode()")
+        elif logical == "decimal":
+            # bounded by the precision (<= PostgreSQL's 1000 digits): int <-> Decimal
+            # conversions are quadratic in the digits, so an oversized one is refused first
+            limit = _decimal_bytes(t)
+            L(f"{ind}if {e} - p > {limit}:")
+            L(f"{ind}    raise _big({e} - p, {limit})")
+            L(f"{ind}{out} = _D(_fb(d[p:{e}], 'big', signed=True)).scaleb({-int(t.get('scale', 0))}, _ctx)")
+        else:
+            L(f"{ind}{out} = d[p:{e}]")
+        L(f"{ind}p = {e}")
+
+    def emit_array(self, t: Any, out: str, ind: str, ns: str) -> None:
+        """Blocks of items until a zero count; a negative count is followed by the block's size."""
+        L = self.lines.append
+        x = self.var("x")
+        L(f"{ind}{out} = []")
+        L(f"{ind}while True:")
+        z = self.varint(ind + "    ")
+        n = self.var("n")
+        L(f"{ind}    {n} = ({z} >> 1) ^ -({z} & 1)")
+        L(f"{ind}    if not {n}:")
+        L(f"{ind}        break")
+        L(f"{ind}    if {n} < 0:")
+        L(f"{ind}        {n} = -{n}")
+        self.varint(ind + "        ")  # block size in bytes, unused
+        # every item takes at least one byte (checked at compile time): a count larger than
+        # what remains is a lie, refused before anything is allocated for it
+        if _min_size(t["items"], self._names, ns) < 1:
+            raise CodecError("arrays of zero-width items are not supported", type=str(t["items"])[:80])
+        L(f"{ind}    if {n} > len(d) - p:")
+        L(f"{ind}        raise _count({n}, len(d) - p)")
+        L(f"{ind}    for _ in range({n}):")
+        self.emit(t["items"], x, ind + "        ", ns)
+        L(f"{ind}        {out}.append({x})")
 
     def emit_union(self, branches: list[Any], out: str, ind: str, ns: str) -> None:
         L = self.lines.append

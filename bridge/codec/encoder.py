@@ -157,6 +157,7 @@ class _Gen:
 
     # -- emitters -----------------------------------------------------------------------------
     def emit(self, t: Any, v: str, ind: str, ns: str) -> None:
+        """Append the lines that write the value `v` of type `t` to `b`."""
         t, ns = self.resolve(t, ns)
         L = self.lines.append
         kind = t if isinstance(t, str) else (t.get("type") if isinstance(t, dict) else "union")
@@ -167,74 +168,88 @@ class _Gen:
         elif kind == "boolean":
             L(f"{ind}b += b'\\x01' if {v} else b'\\x00'")
         elif kind in ("int", "long"):
-            z = self.var("z")
-            bits = 64 if kind == "long" else 32
-            L(f"{ind}{z} = ({v} << 1) ^ ({v} >> {bits - 1})")
-            # Unrolled: 14 bits per table lookup, no call for values below 2**42 (timestamps).
-            for level in range(_UNROLL):
-                # a value that still has more bits than the type allows falls through to `_tail`
-                limit = min(_TABLE_SIZE, 1 << max(0, bits - 14 * level))
-                L(f"{ind}if {z} < {limit}:")
-                L(f"{ind}    b += T[{z}]")
-                L(f"{ind}else:")
-                ind += "    "
-                L(f"{ind}b += C[{z} & 16383]")
-                L(f"{ind}{z} >>= 14")
-            L(f"{ind}b += _tail({z}, {bits - 14 * _UNROLL})")
+            self.emit_varint(v, 64 if kind == "long" else 32, ind)
         elif kind == "float":
             L(f"{ind}b += _pf({v})")
         elif kind == "double":
             L(f"{ind}b += _pd({v})")
-        elif kind == "string":
-            s = self.var("s")
-            L(f"{ind}{s} = {v}.encode()")
-            self.emit_bytes(s, ind)
-        elif kind == "bytes":
-            if isinstance(t, dict) and t.get("logicalType") == "decimal":
-                s = self.var("s")
-                limit = 10 ** int(t["precision"]) if t.get("precision") else 0
-                L(f"{ind}{s} = _dec({v}, {int(t.get('scale', 0))}, {limit})")
-                self.emit_bytes(s, ind)
-            else:
-                self.emit_bytes(v, ind)
+        elif kind in ("string", "bytes"):
+            self.emit_blob(t, kind, v, ind)
         elif kind == "enum":
             table = self.const({sym: VARINT[i << 1] for i, sym in enumerate(t["symbols"])})
             L(f"{ind}b += {table}[{v}]")
         elif kind == "fixed":
             L(f"{ind}b += {v}")
-        elif kind == "array":
-            n, x = self.var("n"), self.var("x")
-            L(f"{ind}if {v}:")
-            L(f"{ind}    {n} = len({v}) << 1")
-            L(f"{ind}    b += T[{n}] if {n} < {_TABLE_SIZE} else _bigl({n})")
+        elif kind in ("array", "map"):
+            self.emit_blocks(t, kind, v, ind, ns)
+        elif kind in ("record", "error"):
+            self.emit_record(t, v, ind, ns)
+        else:
+            raise CodecError("unsupported Avro type", type=str(kind))
+
+    def emit_varint(self, v: str, bits: int, ind: str) -> None:
+        """Zig-zag varint, unrolled: 14 bits per table lookup, no call for values below 2**42
+        (timestamps)."""
+        L = self.lines.append
+        z = self.var("z")
+        L(f"{ind}{z} = ({v} << 1) ^ ({v} >> {bits - 1})")
+        for level in range(_UNROLL):
+            # a value that still has more bits than the type allows falls through to `_tail`
+            limit = min(_TABLE_SIZE, 1 << max(0, bits - 14 * level))
+            L(f"{ind}if {z} < {limit}:")
+            L(f"{ind}    b += T[{z}]")
+            L(f"{ind}else:")
+            ind += "    "
+            L(f"{ind}b += C[{z} & 16383]")
+            L(f"{ind}{z} >>= 14")
+        L(f"{ind}b += _tail({z}, {bits - 14 * _UNROLL})")
+
+    def emit_blob(self, t: Any, kind: str, v: str, ind: str) -> None:
+        """string (UTF-8), bytes, and decimal bytes (checked against the precision)."""
+        if kind == "string":
+            s = self.var("s")
+            self.lines.append(f"{ind}{s} = {v}.encode()")
+            self.emit_bytes(s, ind)
+        elif isinstance(t, dict) and t.get("logicalType") == "decimal":
+            s = self.var("s")
+            limit = 10 ** int(t["precision"]) if t.get("precision") else 0
+            self.lines.append(f"{ind}{s} = _dec({v}, {int(t.get('scale', 0))}, {limit})")
+            self.emit_bytes(s, ind)
+        else:
+            self.emit_bytes(v, ind)
+
+    def emit_blocks(self, t: Any, kind: str, v: str, ind: str, ns: str) -> None:
+        """An array or map: one block of all items (count, items), then the zero count."""
+        L = self.lines.append
+        n, k, x = self.var("n"), self.var("k"), self.var("x")
+        L(f"{ind}if {v}:")
+        L(f"{ind}    {n} = len({v}) << 1")
+        L(f"{ind}    b += T[{n}] if {n} < {_TABLE_SIZE} else _bigl({n})")
+        if kind == "array":
             L(f"{ind}    for {x} in {v}:")
             self.emit(t["items"], x, ind + "        ", ns)
-            L(f"{ind}b += b'\\x00'")
-        elif kind == "map":
-            n, k, x = self.var("n"), self.var("k"), self.var("x")
-            L(f"{ind}if {v}:")
-            L(f"{ind}    {n} = len({v}) << 1")
-            L(f"{ind}    b += T[{n}] if {n} < {_TABLE_SIZE} else _bigl({n})")
+        else:
             L(f"{ind}    for {k}, {x} in {v}.items():")
             self.emit("string", k, ind + "        ", ns)
             self.emit(t["values"], x, ind + "        ", ns)
-            L(f"{ind}b += b'\\x00'")
-        elif kind in ("record", "error"):
-            fields = t["fields"]
-            names = [self.var("f") for _ in fields]
-            if len(names) == 1:
-                L(f"{ind}{names[0]}, = {v}")
-            elif names:
-                L(f"{ind}{', '.join(names)} = {v}")
-            for f, name in zip(fields, names, strict=True):
-                length = f.get("pg.length")
-                if length and f.get("pg.base") in ("varchar", "bpchar") and not f.get("pg.ndims"):
-                    # varchar(n) / char(n): a longer value means a widening the lines did not show
-                    L(f"{ind}if {name} is not None and len({name}) > {int(length)}:")
-                    L(f"{ind}    raise _long({f.get('pg.name', f['name'])!r}, {int(length)}, {name})")
-                self.emit(f["type"], name, ind, ns)
-        else:
-            raise CodecError("unsupported Avro type", type=str(kind))
+        L(f"{ind}b += b'\\x00'")
+
+    def emit_record(self, t: Any, v: str, ind: str, ns: str) -> None:
+        """The fields in order, from the tuple `v`; varchar(n)/char(n) lengths are checked."""
+        L = self.lines.append
+        fields = t["fields"]
+        names = [self.var("f") for _ in fields]
+        if len(names) == 1:
+            L(f"{ind}{names[0]}, = {v}")
+        elif names:
+            L(f"{ind}{', '.join(names)} = {v}")
+        for f, name in zip(fields, names, strict=True):
+            length = f.get("pg.length")
+            if length and f.get("pg.base") in ("varchar", "bpchar") and not f.get("pg.ndims"):
+                # varchar(n) / char(n): a longer value means a widening the lines did not show
+                L(f"{ind}if {name} is not None and len({name}) > {int(length)}:")
+                L(f"{ind}    raise _long({f.get('pg.name', f['name'])!r}, {int(length)}, {name})")
+            self.emit(f["type"], name, ind, ns)
 
     def emit_bytes(self, s: str, ind: str) -> None:
         n = self.var("n")
