@@ -18,7 +18,7 @@ import psycopg
 from bridge.errors import TargetSchemaError
 from bridge.relation import Column, Relation
 from bridge.sink.stage import Encoder, column_code, is_array, row_encoder, staging_type, wire_for
-from bridge.sink.statements import run
+from bridge.sink.statements import COLUMNS_SQL, PRIMARY_KEY_SQL, UNIQUE_SQL, run
 from bridge.sink.types import candidates
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,12 @@ def qi(name: str) -> str:
     return '"' + name.replace('"', '""').replace("%", "%%") + '"'
 
 
+# What PostgreSQL raises in the second of two sessions that run the same CREATE TABLE / CREATE
+# SCHEMA IF NOT EXISTS, ADD COLUMN or ADD PRIMARY KEY at once: 23505 on pg_type/pg_namespace,
+# 42P07, 42P06, 42701, 42710, 42P16.
+_LOST_RACE = (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateSchema,
+              psycopg.errors.DuplicateColumn, psycopg.errors.DuplicateObject, psycopg.errors.InvalidTableDefinition)
+
 _PlanKey = tuple[str, str, int, tuple[Column, ...], tuple[str, ...], str]
 
 
@@ -50,33 +56,6 @@ class TargetColumn:
     category: str  # typcategory of that scalar
     typmod: int
     array: bool
-
-
-_COLUMNS_SQL = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), coalesce(et.typname, t.typname),
-       coalesce(et.typcategory, t.typcategory), a.atttypmod, et.oid IS NOT NULL
-FROM pg_attribute a
-JOIN pg_type t ON t.oid = a.atttypid
-LEFT JOIN pg_type et ON t.typcategory = 'A' AND et.oid = t.typelem
-WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
-"""
-
-_PRIMARY_KEY_SQL = """
-SELECT c.conname::text, array_agg(a.attname::text ORDER BY k.ord)
-FROM pg_constraint c
-CROSS JOIN unnest(c.conkey) WITH ORDINALITY k(attnum, ord)
-JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
-WHERE c.conrelid = %s AND c.contype = 'p'
-GROUP BY c.conname
-"""
-
-_UNIQUE_SQL = """
-SELECT array_agg(a.attname::text)
-FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-GROUP BY i.indexrelid
-"""
 
 
 def _quote(name: str) -> str:
@@ -208,7 +187,16 @@ class TargetTables:
         if found is not None:
             return found
         self.check_width(relation)
-        target_cols = self._ensure(conn, relation)
+        try:
+            with conn.transaction():  # a savepoint, so that a lost race (below) leaves the batch usable
+                target_cols = self._ensure(conn, relation)
+        except _LOST_RACE as exc:
+            # Another sink member (it owns other partitions of the topic) ran the same DDL at the
+            # same moment and committed first; ours waited for it and then failed. Not a table the
+            # target refuses (that would dead-letter the records): look again at what it made.
+            log.info("target table %s was changed by another sink member meanwhile (%s); reading it again",
+                     relation.qualified, exc.sqlstate)
+            target_cols = self._ensure(conn, relation)
         name = self._names.get(key)
         if name is None:
             name = self._names[key] = f"bridge_stg_{len(self._names) + 1}"
@@ -268,7 +256,7 @@ class TargetTables:
             cols = self._read_columns(conn, oid)
         if relation.primary_key:
             want_key = set(relation.primary_key)
-            uniques = [set(r[0]) for r in conn.execute(_UNIQUE_SQL, (oid,)).fetchall()]
+            uniques = [set(r[0]) for r in conn.execute(UNIQUE_SQL, (oid,)).fetchall()]
             if want_key not in uniques:
                 self._follow_key(conn, relation, target, oid)
         return cols
@@ -281,7 +269,7 @@ class TargetTables:
         upsert's ON CONFLICT needs (other unique indexes of the target stay). If the target's rows
         repeat the new key, or hold NULL in it, PostgreSQL refuses and the apply rejects the
         table's records (`TableRejectedError`) naming why."""
-        row = conn.execute(_PRIMARY_KEY_SQL, (oid,)).fetchone()
+        row = conn.execute(PRIMARY_KEY_SQL, (oid,)).fetchone()
         cols = ", ".join(qi(k) for k in relation.primary_key)
         drop = f"DROP CONSTRAINT {qi(row[0])}, " if row is not None else ""
         run(conn, f"ALTER TABLE {target} {drop}ADD PRIMARY KEY ({cols})")
@@ -290,7 +278,7 @@ class TargetTables:
 
     @staticmethod
     def _read_columns(conn: psycopg.Connection[Any], oid: int | None) -> dict[str, TargetColumn]:
-        rows = conn.execute(_COLUMNS_SQL, (oid,)).fetchall()
+        rows = conn.execute(COLUMNS_SQL, (oid,)).fetchall()
         return {r[0]: TargetColumn(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
 
     # -- SQL ------------------------------------------------------------------------------------
