@@ -114,3 +114,31 @@ def test_column_added_by_another_member_meanwhile(target_dsn: str) -> None:
     with psycopg.connect(target_dsn) as c:
         assert c.execute("SELECT id, v, note FROM public.accounts ORDER BY id").fetchall() == [
             (0, 0, None), (1, 10, "a"), (2, 20, "b")]
+
+
+def test_position_table_created_by_another_member_meanwhile(target_dsn: str) -> None:
+    """Both sinks start together on a fresh target: both create the position table at once."""
+    member1 = psycopg.connect(target_dsn)
+    member2 = Applier(target_dsn)
+    try:
+        member1.execute("SELECT 1")
+        Applier(member1).load_positions([])  # creates pgbridge_state.bridge_positions, not committed
+        out: dict[str, Any] = {}
+
+        def start() -> None:
+            try:
+                out["found"] = member2.load_positions([(TOPIC, 0)])
+            except BaseException as exc:  # handed to the test thread
+                out["error"] = exc
+
+        t = threading.Thread(target=start, daemon=True)
+        t.start()
+        _wait(lambda: _lock_waiters(target_dsn) > 0 or not t.is_alive(), "member 2 waits for member 1's DDL")
+        member1.commit()
+        t.join(30)
+        assert not t.is_alive(), "member 2 did not finish"
+        assert "error" not in out, out.get("error")
+        assert out["found"] == {}
+    finally:
+        member1.close()
+        member2.close()
