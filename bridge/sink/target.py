@@ -4,6 +4,12 @@
 call for a version reads the target catalog, creates the table or adds/widens columns, checks that
 the target can hold the data, and builds a `TablePlan`: the staging DDL, the COPY statement, the
 binary row encoder and the apply statements. Later calls return the cached plan.
+
+Guarantees: the target table can hold the relation's data once a plan exists (else
+`TargetSchemaError`, naming table and column); DDL runs inside the caller's transaction, so a
+rolled-back batch leaves no half-made table; a DDL race lost to another sink member (the same
+`CREATE TABLE IF NOT EXISTS` / `ADD COLUMN` at the same moment) is read again, never reported
+as a table the target refuses (which would dead-letter its records).
 """
 
 from __future__ import annotations
