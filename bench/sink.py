@@ -121,6 +121,7 @@ def reset(dsn: str, preload: list[tuple[Any, ...]]) -> None:
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("DROP TABLE IF EXISTS public.orders")
         c.execute("DROP SCHEMA IF EXISTS bridge CASCADE")
+        c.execute("DROP SCHEMA IF EXISTS pgbridge_state CASCADE")  # the positions: a repeat must not skip all
         c.execute(ORDERS_DDL)
         if preload:
             with c.cursor().copy("COPY public.orders FROM STDIN (FORMAT BINARY)") as cp:

@@ -271,9 +271,6 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
     from bridge.sink.apply import Applier
     from bridge.sink.deadletter import DeadLetters
     from bridge.sink.loop import SinkLoop, SinkSettings, kafka_consumer_config
-    from bridge.sink.positions import PositionTable
-    from bridge.sink.records import SinkRecord
-    from bridge.sink.truncate import TruncateBarrier
 
     cfg.require("sink", "kafka")
     _probe_broker(cfg)
@@ -289,13 +286,11 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
     applier = Applier(cfg.sink.conninfo(), state_schema=cfg.sink.state_schema)
     loop = SinkLoop(
         consumer=consumer, decode=decoder.decode,
-        make_record=lambda t, p, o, c: SinkRecord(t, p, o, c),  # type: ignore[arg-type]
         applier=applier, acks=AckPublisher(side, cfg.kafka.topic_prefix, _signer(cfg)),
         dead_letters=DeadLetters(side, cfg.sink.dead_letter_topic),
         settings=SinkSettings(topic_prefix=cfg.kafka.topic_prefix, group_id=cfg.sink.group_id,
                               batch_max_rows=cfg.sink.batch_max_rows, batch_max_bytes=cfg.sink.batch_max_bytes,
                               batch_max_ms=cfg.sink.batch_max_ms),
-        barrier=TruncateBarrier(PositionTable(cfg.sink.state_schema)),
         admission=Admission(cfg.kafka.topic_prefix, cfg.sink.state_schema, cfg.sink.tables),
         signer=_signer(cfg))
 

@@ -56,9 +56,19 @@ Row = tuple[Any, ...]
 (see README, type mapping); `None` for NULL and for unchanged TOAST values."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChangeEvent:
-    """One typed change, positioned. `before`/`after` are `None` where the op has none."""
+    """One typed change, positioned: the one change type of the pipeline. The producer's decoder
+    makes it, the sink's `EnvelopeDecoder.decode` makes it from an envelope, staging reads it.
+
+    `before`/`after` are `None` where the op has none; `unchanged` names the TOAST columns whose
+    value was not sent; `ts_ms` is the envelope's `ts_ms` on the sink side (0 on the producer
+    side, which stamps it when it encodes). Build it with keywords.
+
+    Not frozen: the sink builds one per consumed record, and a frozen slots dataclass's
+    construction costs 2.7 times as much (2.7 µs against 1.0 µs for ten fields, measured with
+    timeit on this machine). Nothing mutates an event after it is built.
+    """
 
     relation: Relation
     op: Op
@@ -69,3 +79,4 @@ class ChangeEvent:
     after: Row | None
     unchanged: tuple[str, ...] = ()
     snapshot: bool = False
+    ts_ms: int = 0

@@ -6,7 +6,7 @@ Other modules use `TableCodec` (producer), `EnvelopeDecoder` (sink) and a `Schem
 
 from __future__ import annotations
 
-from bridge.codec.codec import DecodedChange, EnvelopeDecoder, Stamp, TableCodec
+from bridge.codec.codec import EnvelopeDecoder, Stamp, TableCodec
 from bridge.codec.decoder import compile_decoder, compile_reader
 from bridge.codec.encoder import compile_writer
 from bridge.codec.names import avro_name, field_names, topic_name
@@ -15,7 +15,6 @@ from bridge.codec.store import MemorySchemaStore, RegistrySchemaStore, SchemaSto
 from bridge.codec.validate import relation_from_schema
 
 __all__ = [
-    "DecodedChange",
     "EnvelopeDecoder",
     "MemorySchemaStore",
     "RegistrySchemaStore",

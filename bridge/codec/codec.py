@@ -167,23 +167,6 @@ class TableCodec:
         return CodecError(f"{what} cannot be encoded: {exc!r}", table=self.relation.qualified, **ctx)
 
 
-@dataclass(slots=True)
-class DecodedChange:
-    """One envelope as the sink sees it; rows are tuples in `relation`'s column order.
-    (Not frozen: a frozen dataclass's construction costs twice as much, once per record.)"""
-
-    relation: Relation
-    op: Op
-    position: Position
-    xid: int
-    commit_ts_us: int | None
-    before: Row | None
-    after: Row | None
-    unchanged: tuple[str, ...]
-    snapshot: bool
-    ts_ms: int = 0
-
-
 _OPS = {op.value: op for op in Op}
 _MAX_REFUSED = 10_000  # refused schemas remembered (then forgotten at once: memory stays bounded)
 _NO_RELATION = Relation("", "", ())  # placeholder for key schemas
@@ -266,8 +249,10 @@ class EnvelopeDecoder:
         e = self._entries[id(schema)] = _Entry(schema, rel, compile_decoder(schema))
         return e
 
-    def decode(self, value: bytes) -> DecodedChange:
-        """Decode one framed envelope (a record value; a tombstone raises `CodecError`)."""
+    def decode(self, value: bytes) -> ChangeEvent:
+        """Decode one framed envelope (a record value; a tombstone raises `CodecError`) into the
+        pipeline's one change type, `ChangeEvent`, with the envelope's `ts_ms`. Positional
+        construction: this is the sink's per-record hot path (keywords cost more per call)."""
         if not value:
             raise CodecError("empty record value (a tombstone is not an envelope)")
         schema, off = self._store.lookup(value)
@@ -298,8 +283,8 @@ class EnvelopeDecoder:
                 unchanged: tuple[str, ...] = ()
             else:
                 unchanged = tuple(e.read_unchanged(value, p))
-            return DecodedChange(e.relation, _OPS[op], Position(e.head_vals[0], seq), xid, commit_ts, before, after,
-                                 unchanged, snapshot, ts_ms)
+            return ChangeEvent(e.relation, _OPS[op], Position(e.head_vals[0], seq), xid, commit_ts, before, after,
+                               unchanged, snapshot, ts_ms)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             e.head_len = e.tail_len = 0
             raise CodecError(f"record is not an envelope: {exc!r}", schema=schema.get("name")) from exc
@@ -307,14 +292,14 @@ class EnvelopeDecoder:
             e.head_len = e.tail_len = 0
             raise
 
-    def _decode_whole(self, e: _Entry, value: bytes, off: int) -> DecodedChange:
+    def _decode_whole(self, e: _Entry, value: bytes, off: int) -> ChangeEvent:
         before, after, op, src, ts_ms, unchanged = e.read(value, off)
         _db, _schema, _table, lsn, seq, xid, commit_ts, snapshot = src
         commit_lsn = self._lsn
         if commit_lsn.value != lsn:
             commit_lsn = self._lsn = Lsn(lsn)
-        return DecodedChange(e.relation, _OPS[op], Position(commit_lsn, seq), xid, commit_ts, before, after,
-                             tuple(unchanged), snapshot, ts_ms)
+        return ChangeEvent(e.relation, _OPS[op], Position(commit_lsn, seq), xid, commit_ts, before, after,
+                           tuple(unchanged), snapshot, ts_ms)
 
     def decode_key(self, key: bytes) -> tuple[Any, ...]:
         """Decode one framed key to the primary-key values, in primary-key order."""

@@ -1,19 +1,19 @@
-"""The sink loop: consume → decode → batch → apply → commit offsets → ack.
+"""The sink loop: consume → decode → batch, then the checkpoint: apply → offsets → acks.
 
 One member of the consumer group `sink.group_id`. Batches are bounded by rows, bytes and time.
-Each batch is committed by `SinkLoop.commit`, whose steps run in this order, and a step that
-fails stops the ones after it (the batch is then re-read from the last committed offsets, and
-the position table in the target makes the replay harmless):
+The loop consumes, decodes (`EnvelopeDecoder.decode` → `ChangeEvent`), admits and batches; it
+commits nothing itself: every batch, and every TRUNCATE at its barrier, is committed by
+`Checkpoint.commit` (checkpoint.py), the one commit path, whose docstring lists its steps.
 
-1. apply the batch in ONE target transaction (rows + new positions per partition), isolating
-   records the target rejects;
-2. publish rejected or undecodable records to the dead-letter topic and wait for the broker;
-3. commit the Kafka offsets (the position in the commit metadata);
-4. publish the acks `(topic, partition, position)` to `<prefix>._acks`.
+Guarantees of this stage: a consumed record is either in the pending batch, in its dead letters,
+or read again (a partition sought back while the schema store is away, or paused at a TRUNCATE
+barrier, has its records skipped without moving its offset); the loop never exits on a record's
+content.
 
 Rebalances: on revoke, the in-flight batch is committed if it can be, else abandoned (its
-offsets are not committed, so the next owner re-reads it); on assign, positions are loaded by the
-applier from the target.
+offsets are not committed, so the next owner re-reads it), and the partitions' cached positions
+are forgotten; on assign, positions are loaded by the applier from the target (or, if the target
+is away then, by the first apply that needs them).
 """
 
 from __future__ import annotations
@@ -21,43 +21,38 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from bridge import metrics
-from bridge.ack.channel import Ack, AckPublisher
+from bridge.ack.channel import AckPublisher
 from bridge.errors import BridgeError, SinkError, StoreUnavailableError
-from bridge.events import Op, Position
-from bridge.relation import Relation
+from bridge.events import ChangeEvent, Op, Position
 from bridge.retry import retry_while
 from bridge.signing import Signer
 from bridge.sink.admit import Admission
+from bridge.sink.checkpoint import ApplyStage, Checkpoint
 from bridge.sink.deadletter import DeadLetters
-from bridge.sink.truncate import TruncateBarrier
+from bridge.sink.records import PartitionKey, SinkRecord
 
 log = logging.getLogger(__name__)
 
 
-class DecodedLike(Protocol):
-    position: Position
-    commit_ts_us: int | None
-    relation: Relation
+T = TypeVar("T")
 
 
-class ApplierLike(Protocol):
-    def apply_isolating(self, records: Sequence[Any]) -> tuple[dict[tuple[str, int], Position],
-                                                               list[tuple[Any, Exception]]]: ...
+class ApplierLike(ApplyStage, Protocol):
+    """What the loop needs of the apply stage (`bridge.sink.apply.Applier`)."""
 
-    def load_positions(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Position]: ...
+    def load_positions(self, partitions: Iterable[PartitionKey]) -> dict[PartitionKey, Position]: ...
 
-    def forget_positions(self, partitions: Iterable[tuple[str, int]]) -> None: ...
+    def forget_positions(self, partitions: Iterable[PartitionKey]) -> None: ...
 
-    @property
-    def conn(self) -> psycopg.Connection[Any]: ...
+    def barrier_complete(self, topic: str, partitions: int, at: Position) -> bool: ...
 
 
 _REGISTRY_FIRST_WAIT_S = 1.0  # the schema registry did not answer: read again after 1, 2, 4 … s
@@ -109,22 +104,6 @@ class SinkSettings:
     batch_max_ms: int = 200
 
 
-@dataclass(slots=True)
-class _Batch:
-    records: list[Any] = field(default_factory=list)
-    raw_bytes: int = 0
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
-    dead: list[tuple[Message, BaseException]] = field(default_factory=list)
-    messages: dict[tuple[str, int, int], Message] = field(default_factory=dict)
-    started: float = 0.0
-
-    def __len__(self) -> int:
-        return len(self.records) + len(self.dead)
-
-    def empty(self) -> bool:
-        return not self.offsets
-
-
 def data_topic_pattern(prefix: str) -> str:
     """Regex subscription for `<prefix>.<schema>.<table>`; internal topics (`<prefix>._acks`,
     `_schemas`, `_dlq`) have a single dot after the prefix and do not match."""
@@ -153,31 +132,37 @@ def kafka_consumer_config(bootstrap: str, group_id: str, extra: dict[str, Any] |
 class SinkLoop:
     """Runs until `stop` is set. Built by `cli.py` from its collaborators."""
 
-    def __init__(self, *, consumer: Consumer, decode: Callable[[bytes], DecodedLike],
-                 make_record: Callable[[str, int, int, DecodedLike], Any], applier: ApplierLike,
+    def __init__(self, *, consumer: Consumer, decode: Callable[[bytes], ChangeEvent], applier: ApplierLike,
                  acks: AckPublisher, dead_letters: DeadLetters, settings: SinkSettings,
-                 barrier: TruncateBarrier | None = None, stop: threading.Event | None = None,
-                 admission: Admission | None = None, signer: Signer | None = None) -> None:
+                 stop: threading.Event | None = None, admission: Admission | None = None,
+                 signer: Signer | None = None) -> None:
         self.consumer = consumer
         self.decode = decode
-        self.make_record = make_record
         self.applier = applier
-        self.acks = acks
-        self.dead_letters = dead_letters
         self.s = settings
-        self._batch = _Batch()
-        self.applied_rows = 0
-        self.batches = 0
-        self.last_positions: dict[tuple[str, int], Position] = {}
-        self.barrier = barrier
+        self.checkpoint = Checkpoint(consumer=consumer, applier=applier, acks=acks, dead_letters=dead_letters,
+                                     group_id=settings.group_id, retry_target=self._with_retry,
+                                     retry_broker=self._kafka_retry)
         self.admission = admission or Admission(settings.topic_prefix, "pgbridge_state")
         self.signer = signer
         self.stop = stop or threading.Event()
-        self._waiting: dict[tuple[str, int], _Waiting] = {}
-        self._unread: set[tuple[str, int]] = set()  # partitions sought back for the registry
+        self._waiting: dict[PartitionKey, _Waiting] = {}
+        self._unread: set[PartitionKey] = set()  # partitions sought back for the registry
         self._unread_delay = _REGISTRY_FIRST_WAIT_S
         self._partitions: dict[str, int] = {}
         self._lag_at = 0.0
+
+    @property
+    def applied_rows(self) -> int:
+        return self.checkpoint.applied_rows
+
+    @property
+    def batches(self) -> int:
+        return self.checkpoint.batches
+
+    @property
+    def last_positions(self) -> dict[PartitionKey, Position]:
+        return self.checkpoint.last_positions
 
     def subscribe(self) -> None:
         self.consumer.subscribe([data_topic_pattern(self.s.topic_prefix)], on_revoke=self._on_revoke,
@@ -198,12 +183,12 @@ class SinkLoop:
         tps = [(tp.topic or "", tp.partition or 0) for tp in partitions]
         for tp in tps:
             self._waiting.pop(tp, None)  # the next owner re-reads the TRUNCATE and waits itself
-        if not self._batch.empty():
+        if not self.checkpoint.pending.empty():
             try:
-                self.commit(retry=False)
+                self.checkpoint.commit(retry=False)
             except Exception as exc:
                 log.warning("rebalance: abandoning the in-flight batch: %s", exc)
-                self._batch = _Batch()
+                self.checkpoint.abandon()
         self.applier.forget_positions(tps)
 
     def run(self, stop: threading.Event) -> None:
@@ -216,8 +201,7 @@ class SinkLoop:
         try:
             while not stop.is_set():
                 self.step()
-            if not self._batch.empty():
-                self.commit()
+            self.checkpoint.commit()
         finally:
             metrics.UP.labels("sink").set(0)
             self.consumer.close()
@@ -227,7 +211,7 @@ class SinkLoop:
         nothing more buffered (low latency when little flows; under load the records that arrive
         while one batch applies make the next one big), or when it reaches its row, byte or age
         bound."""
-        b = self._batch
+        b = self.checkpoint.pending
         want = max(1, min(self.s.batch_max_rows - len(b), 10_000))
         if b.empty():
             # wait for the first record (poll returns as soon as one is there; consume(n, t)
@@ -250,11 +234,11 @@ class SinkLoop:
         if now >= self._lag_at:
             self._lag_at = now + 5.0
             self._report_lag()
-        b = self._batch
+        b = self.checkpoint.pending
         if not b.empty() and (len(msgs) < want or len(b) >= self.s.batch_max_rows
                               or b.raw_bytes >= self.s.batch_max_bytes
                               or time.monotonic() >= b.started + self.s.batch_max_ms / 1000):
-            self.commit()
+            self.checkpoint.commit()
 
     def _take(self, msg: Message) -> None:
         err = msg.error()
@@ -274,12 +258,12 @@ class SinkLoop:
             self._unread.add((topic, partition))
             self.consumer.seek(TopicPartition(topic, partition, offset))
             return
-        b = self._batch
-        if b.empty():
-            b.started = time.monotonic()
+        cp = self.checkpoint
+        if cp.pending.empty():
+            cp.pending.started = time.monotonic()
         value = msg.value()
         if value is None:
-            b.offsets[(topic, partition)] = offset + 1
+            cp.skip(topic, partition, offset)
             return  # a tombstone: it only serves compaction; its delete came just before it
         try:
             if self.signer is not None and not self.signer.verify(topic, partition, msg.key(), value, msg.headers()):
@@ -291,19 +275,15 @@ class SinkLoop:
             self._unread_from(topic, partition, offset, exc)  # the store's fault, not the record's
             return
         except Exception as exc:  # hostile input: whatever fails to decode or admit is dead-lettered
-            b.offsets[(topic, partition)] = offset + 1
-            b.messages[(topic, partition, offset)] = msg
-            b.dead.append((msg, exc))
+            cp.dead(topic, partition, offset, msg, exc)
             return
-        if self.barrier is not None and getattr(change, "op", None) == Op.TRUNCATE:
+        rec = SinkRecord(topic, partition, offset, change)
+        if change.op is Op.TRUNCATE:
             n = self._partition_count(topic)
             if n > 1:
-                self._truncate(topic, partition, offset, n, change)
+                self._truncate(rec, n)
                 return
-        b.offsets[(topic, partition)] = offset + 1
-        b.raw_bytes += len(value)
-        b.messages[(topic, partition, offset)] = msg
-        b.records.append(self.make_record(topic, partition, offset, change))
+        cp.add(rec, msg, len(value))
 
     def _unread_from(self, topic: str, partition: int, offset: int, exc: BridgeError) -> None:
         """The schema registry (or the schema topic) did not answer for this record's schema: it is not the record's
@@ -319,8 +299,7 @@ class SinkLoop:
         """After a seek back for the registry: wait 1, 2, 4 … at most 10 s (a batch that holds
         records is committed first, so the wait does not hold it), then read on. With the
         registry's ~20 s per failed call, a step stays well inside the 60 s liveness check."""
-        if not self._batch.empty():
-            self.commit()
+        self.checkpoint.commit()
         self.stop.wait(self._unread_delay)
         self._unread_delay = min(self._unread_delay * 2, _REGISTRY_MAX_WAIT_S)
         self._unread.clear()
@@ -346,99 +325,36 @@ class SinkLoop:
             n = self._partitions[topic] = len(md.topics[topic].partitions)
         return n
 
-    def _truncate(self, topic: str, partition: int, offset: int, n: int, change: Any) -> None:
-        """A TRUNCATE in a topic of several partitions: pass it through the barrier."""
-        barrier = self.barrier
-        assert barrier is not None
-        self.commit()  # everything consumed before it, first
-        rel = change.relation
-        pos: Position = change.position
-        done = self._with_retry(lambda: barrier.arrive(self.applier.conn, topic, partition, n, pos,
-                                                       rel.schema, rel.table))
-        self.applier.load_positions([(topic, partition)])
-        if done:
-            self._pass_barrier(topic, partition, offset, pos)
+    def _truncate(self, rec: SinkRecord, n: int) -> None:
+        """A TRUNCATE in a topic of `n` partitions: pass it through the barrier (truncate.py),
+        committed by the checkpoint. A partition that must wait is paused until `_check_waiting`
+        sees the barrier complete."""
+        if self.checkpoint.arrive(rec, n):
             return
+        pos = rec.change.position
         log.info("partition waits at a TRUNCATE for the other %d partitions", n - 1,
-                 extra={"topic": topic, "partition": partition, "position": str(pos)})
-        self._waiting[(topic, partition)] = _Waiting(pos, offset, n)
-        self.consumer.pause([TopicPartition(topic, partition)])
-        self.acks.publish([Ack(topic, partition, pos, self.s.group_id, offset)])
-
-    def _pass_barrier(self, topic: str, partition: int, offset: int, pos: Position) -> None:
-        self.consumer.commit(offsets=[TopicPartition(topic, partition, offset + 1, metadata=str(pos))],
-                             asynchronous=False)
-        self.acks.publish([Ack(topic, partition, pos, self.s.group_id, offset + 1)])
+                 extra={"topic": rec.topic, "partition": rec.partition, "position": str(pos)})
+        self._waiting[(rec.topic, rec.partition)] = _Waiting(pos, rec.offset, n)
+        self.consumer.pause([TopicPartition(rec.topic, rec.partition)])
 
     def _check_waiting(self) -> None:
-        barrier = self.barrier
-        assert barrier is not None
         for (topic, partition), w in list(self._waiting.items()):
             def check(topic: str = topic, w: _Waiting = w) -> bool:
-                return barrier.complete(self.applier.conn, topic, w.partitions, w.position)
+                return self.applier.barrier_complete(topic, w.partitions, w.position)
 
-            passed = self._with_retry(check)
-            if passed:
+            if self._with_retry(check):
                 del self._waiting[(topic, partition)]
-                self._pass_barrier(topic, partition, w.offset, w.position)
+                self.checkpoint.release(topic, partition, w.offset, w.position)
                 tp = TopicPartition(topic, partition, w.offset + 1)
                 self.consumer.resume([tp])
                 self.consumer.seek(tp)
                 log.info("TRUNCATE barrier passed", extra={"topic": topic, "partition": partition})
 
-    def _kafka_retry(self, fn: Callable[[], Any]) -> Any:
+    def _kafka_retry(self, fn: Callable[[], T]) -> T:
         """Run a broker call; while the broker is away (restart, coordinator moving), wait and try
         again. Errors that will not pass (e.g. the group rebalanced) are raised."""
         return retry_while(fn, _broker_transient, self.stop, "broker")
 
-    def _with_retry(self, fn: Callable[[], Any]) -> Any:
+    def _with_retry(self, fn: Callable[[], T]) -> T:
         """Run `fn` against the target; while the target is unreachable, wait and try again."""
         return retry_while(fn, _retryable, self.stop, "target")
-
-    def commit(self, retry: bool = True) -> None:
-        """Commit the batch: apply → dead letters → offsets → acks (see module docstring).
-
-        Step 1 is retried while the target is unreachable (a restart); the batch stays in memory
-        and the position table makes a repeated apply harmless."""
-        b = self._batch
-        if b.empty():
-            return
-        started = time.monotonic()
-        # 1. One target transaction: rows and positions.
-        if retry:
-            positions, rejects = self._with_retry(lambda: self.applier.apply_isolating(b.records))
-        else:
-            positions, rejects = self.applier.apply_isolating(b.records)
-        # 2. Dead letters, before the offsets that would skip them are committed.
-        dead = list(b.dead)
-        for rec, exc in rejects:
-            dead.append((b.messages[(rec.topic, rec.partition, rec.offset)], exc))
-        if dead:
-            self.dead_letters.publish(dead)
-        # 3. Offsets, with the applied position as commit metadata.
-        offsets = []
-        for (topic, partition), nxt in b.offsets.items():
-            pos = positions.get((topic, partition))
-            offsets.append(TopicPartition(topic, partition, nxt, metadata=str(pos) if pos else ""))
-        try:
-            self._kafka_retry(lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
-        except KafkaException as exc:
-            raise SinkError(f"offset commit failed after the target commit: {exc}") from exc
-        # 4. Acks for the producer's watermark.
-        if positions:
-            acks = [Ack(t, p, pos, self.s.group_id, b.offsets.get((t, p), -1)) for (t, p), pos in positions.items()]
-            self._kafka_retry(lambda: self.acks.publish(acks))
-            self.last_positions.update(positions)
-        n = len(b.records)
-        self.applied_rows += n
-        self.batches += 1
-        elapsed = time.monotonic() - started
-        metrics.SINK_BATCH_ROWS.observe(n)
-        metrics.SINK_BATCH_DURATION.observe(elapsed)
-        metrics.LAST_PROGRESS.labels("sink").set(time.time())
-        now_us = time.time() * 1e6
-        for r in b.records[-1:]:
-            ts = getattr(getattr(r, "change", r), "commit_ts_us", None)
-            if ts is not None:
-                metrics.END_TO_END_LAG.observe(max(0.0, (now_us - ts) / 1e6))
-        self._batch = _Batch()

@@ -1,7 +1,13 @@
-"""The position table in the target: the last applied position per (topic, partition).
+"""The position table in the target, and the applier's cache of it.
 
-It is written in the same transaction as the rows it covers, so after any crash the target knows
-exactly which events it holds; replays at or below the stored position are skipped.
+`PositionTable` holds the last applied position per (topic, partition). It is written in the
+same transaction as the rows it covers, so after any crash the target knows exactly which events
+it holds; replays at or below the stored position are skipped.
+
+`PositionCache` is what the applier knows of that table for the partitions it owns. Guarantee:
+a cached position was committed in the target (loaded from the table, or set after the commit
+that wrote it), so it is never ahead of the table and a record at or below it was applied (or
+dead-lettered). A partition is not known until it is loaded; a revoked one is forgotten.
 """
 
 from __future__ import annotations
@@ -15,14 +21,12 @@ from psycopg import sql
 
 from bridge.events import Position
 from bridge.lsn import Lsn
-from bridge.sink.statements import lock_ddl, run
+from bridge.sink.records import PartitionKey
+from bridge.sink.statements import run
 
 log = logging.getLogger(__name__)
 
 TABLE = "bridge_positions"
-
-TopicPartition = tuple[str, int]
-
 
 class PositionTable:
     """SQL for `<schema>.bridge_positions`, built once. Stateless besides the names."""
@@ -37,8 +41,6 @@ class PositionTable:
             " seq bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),"
             " PRIMARY KEY (topic, partition))"
         ).format(name=name)
-        self._exists = sql.SQL("SELECT 1 WHERE to_regclass(%s) IS NOT NULL")
-        self._regname = '"' + schema.replace('"', '""') + '".' + TABLE
         self._load_all = sql.SQL("SELECT topic, partition, commit_lsn::text, seq FROM {name}").format(name=name)
         self._load = sql.SQL(
             "SELECT p.topic, p.partition, p.commit_lsn::text, p.seq FROM {name} p"
@@ -55,28 +57,24 @@ class PositionTable:
 
     def ensure(self, conn: psycopg.Connection[Any]) -> None:
         """Create the schema and table when missing. Called once per connection. One statement
-        per execute, with (no) parameters: the extended protocol, which never runs a second one.
-        Runs inside a transaction: the DDL lock (`lock_ddl`) keeps two sinks from racing."""
-        if run(conn, self._exists, (self._regname,)).fetchone() is not None:
-            return
-        lock_ddl(conn)
+        per execute, with (no) parameters: the extended protocol, which never runs a second one."""
         run(conn, self._create_schema)
         run(conn, self._create)
 
     def load(self, conn: psycopg.Connection[Any],
-             partitions: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, Position]:
+             partitions: Iterable[PartitionKey] | None = None) -> dict[PartitionKey, Position]:
         """The stored positions of `partitions` (all when `None`); absent partitions are left out."""
         if partitions is None:
             rows = run(conn, self._load_all).fetchall()
         else:
             tps = list(partitions)
             rows = conn.execute(self._load, ([t for t, _ in tps], [p for _, p in tps])).fetchall()
-        out: dict[TopicPartition, Position] = {}
+        out: dict[PartitionKey, Position] = {}
         for row in rows:
             out[(str(row[0]), int(row[1]))] = Position(Lsn.parse(str(row[2])), int(row[3]))
         return out
 
-    def upsert(self, conn: psycopg.Connection[Any], positions: Mapping[TopicPartition, Position]) -> None:
+    def upsert(self, conn: psycopg.Connection[Any], positions: Mapping[PartitionKey, Position]) -> None:
         """Store `positions` (forward only). Called inside the batch transaction."""
         if not positions:
             return
@@ -85,3 +83,56 @@ class PositionTable:
             [t for (t, _), _ in items], [p for (_, p), _ in items],
             [str(pos.commit_lsn) for _, pos in items], [pos.seq for _, pos in items],
         ))
+
+
+class PositionCache:
+    """The stored positions of the partitions this sink member owns, as last read or written.
+
+    Loaded on assignment, or lazily by the first apply that needs a partition; forgotten on
+    revocation (another member moves them then); moved forward only after a commit."""
+
+    def __init__(self) -> None:
+        self._positions: dict[PartitionKey, Position] = {}
+        self._loaded: set[PartitionKey] = set()
+
+    def get(self, tp: PartitionKey) -> Position | None:
+        """The position of `tp`; `None` when nothing was applied there (or it is not loaded)."""
+        return self._positions.get(tp)
+
+    def unknown(self, partitions: Iterable[PartitionKey]) -> set[PartitionKey]:
+        """Those of `partitions` not loaded yet."""
+        return set(partitions) - self._loaded
+
+    def loaded(self, partitions: Iterable[PartitionKey], found: Mapping[PartitionKey, Position]) -> None:
+        """Take what the table holds for `partitions` (read in a transaction; absent: never
+        applied). Replaces what the cache held for them."""
+        for tp in partitions:
+            self._loaded.add(tp)
+            pos = found.get(tp)
+            if pos is None:
+                self._positions.pop(tp, None)
+            else:
+                self._positions[tp] = pos
+
+    def committed(self, positions: Mapping[PartitionKey, Position]) -> None:
+        """Move to `positions`, forward only. Call only after the transaction that stored them
+        has committed."""
+        mine = self._positions
+        for tp, pos in positions.items():
+            old = mine.get(tp)
+            if old is None or old < pos:
+                mine[tp] = pos
+
+    def forget(self, partitions: Iterable[PartitionKey]) -> None:
+        """Drop `partitions` (revoked): they load again when owned again."""
+        for tp in partitions:
+            self._positions.pop(tp, None)
+            self._loaded.discard(tp)
+
+    def of(self, partitions: Iterable[PartitionKey]) -> dict[PartitionKey, Position]:
+        """The known positions of `partitions` (those never applied are left out)."""
+        mine = self._positions
+        return {tp: mine[tp] for tp in partitions if tp in mine}
+
+    def all(self) -> dict[PartitionKey, Position]:
+        return dict(self._positions)

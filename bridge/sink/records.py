@@ -1,36 +1,29 @@
-"""The sink's input: a decoded change with the Kafka coordinates it was read from."""
+"""The sink's input: a decoded change with the Kafka coordinates it was read from.
+
+The change is the pipeline's one change type, `bridge.events.ChangeEvent`, as
+`bridge.codec.EnvelopeDecoder.decode` returns it; every stage after consume (batch, apply,
+stage, checkpoint) reads it through a `SinkRecord`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
-from bridge.events import Op, Position, Row
-from bridge.relation import Relation
+from bridge.events import ChangeEvent
 
-
-class Change(Protocol):
-    """What the sink needs of a decoded change (`bridge.codec`'s `DecodedChange`, or `ChangeEvent`)."""
-
-    @property
-    def relation(self) -> Relation: ...
-    @property
-    def op(self) -> Op: ...
-    @property
-    def position(self) -> Position: ...
-    @property
-    def before(self) -> Row | None: ...
-    @property
-    def after(self) -> Row | None: ...
-    @property
-    def unchanged(self) -> tuple[str, ...]: ...
+PartitionKey = tuple[str, int]
+"""`(topic, partition)`: the key of the sink's per-partition state (positions, offsets, acks).
+A plain tuple, not confluent-kafka's `TopicPartition` class, which also carries an offset."""
 
 
 @dataclass(slots=True)
 class SinkRecord:
-    """One consumed record: where it came from and what it says. (Not frozen: built per record.)"""
+    """One consumed record: where it came from and what it says.
+
+    Built once per consumed record by the sink loop, so not frozen (a frozen dataclass's
+    construction costs about twice as much); nothing changes it afterwards."""
 
     topic: str
     partition: int
     offset: int
-    change: Change
+    change: ChangeEvent

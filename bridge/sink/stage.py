@@ -34,10 +34,15 @@ TS_POS_INFINITY = 2**63 - 1
 UNIX_TO_PG_DAYS = 10957  # 1970-01-01 → 2000-01-01
 UNIX_TO_PG_US = 946_684_800_000_000
 
-Item = tuple[int, int, bytes, int, Sequence[Any]]
-"""One staging row: (lsn, seq, op byte, aux, values in the plan's column order)."""
+StageRow = tuple[int, int, bytes, int, Sequence[Any]]
+"""The one row form of staging, made from a `ChangeEvent` by bridge/sink/rows.py: (commit LSN
+as int, seq, op byte `c`/`u`/`d`, aux, values in the plan's column order). The four meta fields
+become the staging columns `m_lsn, m_seq, m_op, m_aux`; `aux` is the unchanged-mask id (keyed
+tables) or the event's ordinal (keyless tables). A plain tuple on purpose: the generated encoder
+unpacks it in its loop header, and a tuple literal is the cheapest row to build (60 ns against
+580 ns for a NamedTuple of the same fields, timeit; the apply side spends about 4 us per row)."""
 
-Encoder = Callable[[Iterable[Item], Callable[[bytes], object]], None]
+Encoder = Callable[[Iterable[StageRow], Callable[[bytes], object]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +293,7 @@ _FIXED = {  # code → (struct format after the length, value expression, byte l
 def row_encoder(columns: Sequence[Column], codes: Sequence[str] | None = None, *, meta: bool = True) -> Encoder:
     """Generate the encoder of staging rows for `columns` (called once per table version).
 
-    The encoder takes `Item`s and an `append(bytes)` callable and appends the binary COPY tuples
+    The encoder takes `StageRow`s and an `append(bytes)` callable and appends the binary COPY tuples
     (no signature, no trailer). A value of the wrong Python type raises `struct.error`,
     `TypeError`, `AttributeError` or `ValueError` — a record the target cannot take.
 
@@ -313,7 +318,29 @@ def row_encoder(columns: Sequence[Column], codes: Sequence[str] | None = None, *
         "def encode(items, ap):",
         "    for lsn, seq, op, aux, row in items:",
     ]
-    # fast path: no NULL in the row
+    if n:
+        lines += _fast_path(codes, meta, ns)
+    if meta:
+        lines.append(f"        ap(_HDR({n + 4}, 8, lsn, 8, seq, 1, op, 4, aux))")
+    else:
+        lines.append(f"        ap(_P_h({n}))")
+    for i, code in enumerate(codes):
+        lines.append(f"        v = row[{i}]")
+        lines.append("        if v is None: ap(NULL)")
+        if code == "array":
+            lines.append(f"        else: b = _array(v, _W{i}); ap(_P_i(len(b))); ap(b)")
+        else:
+            lines.append(f"        else: {_SCALAR_CODE[code]}")
+    exec("\n".join(lines), ns)  # generated from a fixed template, no data
+    fn: Encoder = ns["encode"]
+    return fn
+
+
+def _fast_path(codes: Sequence[str], meta: bool, ns: dict[str, Any]) -> list[str]:
+    """The generated lines of a row without NULL: the fixed-width fields between two
+    variable-width ones packed by one `struct` call (its packers go into `ns`)."""
+    n = len(codes)
+    lines: list[str] = []
     if n:
         names = [f"v{i}" for i in range(n)]
         # `is not None` per value: `None in row` would run Decimal's slow comparison
@@ -343,23 +370,10 @@ def row_encoder(columns: Sequence[Column], codes: Sequence[str] | None = None, *
             ns[f"_S{k}"] = struct.Struct(fmt).pack
             lines.append(f"            ap(_S{k}({', '.join(args)}))")
         lines.append("            continue")
-    if meta:
-        lines.append(f"        ap(_HDR({n + 4}, 8, lsn, 8, seq, 1, op, 4, aux))")
-    else:
-        lines.append(f"        ap(_P_h({n}))")
-    for i, code in enumerate(codes):
-        lines.append(f"        v = row[{i}]")
-        lines.append("        if v is None: ap(NULL)")
-        if code == "array":
-            lines.append(f"        else: b = _array(v, _W{i}); ap(_P_i(len(b))); ap(b)")
-        else:
-            lines.append(f"        else: {_SCALAR_CODE[code]}")
-    exec("\n".join(lines), ns)  # generated from a fixed template, no data
-    fn: Encoder = ns["encode"]
-    return fn
+    return lines
 
 
-def encode_copy(encoder: Encoder, items: Iterable[Item]) -> bytes:
+def encode_copy(encoder: Encoder, items: Iterable[StageRow]) -> bytes:
     """The whole binary COPY stream (signature, tuples, trailer) for `items`."""
     parts: list[bytes] = [SIGNATURE]
     encoder(items, parts.append)

@@ -24,16 +24,30 @@ def run(on: psycopg.Connection[Any] | psycopg.Cursor[Any], statement: Statement,
     return on.execute(statement, params, binary=True)
 
 
-# pg_advisory_xact_lock key that serialises the sinks' DDL on one target ('pgbrddl' as a bigint).
-DDL_LOCK_KEY = 0x706762726464_6C
+# -- catalog queries of the target (bridge.sink.target) ----------------------------------------
 
+COLUMNS_SQL = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), coalesce(et.typname, t.typname),
+       coalesce(et.typcategory, t.typcategory), a.atttypmod, et.oid IS NOT NULL
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_type et ON t.typcategory = 'A' AND et.oid = t.typelem
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
 
-def lock_ddl(conn: psycopg.Connection[Any]) -> None:
-    """Take the target's DDL lock until the current transaction ends.
+PRIMARY_KEY_SQL = """
+SELECT c.conname::text, array_agg(a.attname::text ORDER BY k.ord)
+FROM pg_constraint c
+CROSS JOIN unnest(c.conkey) WITH ORDINALITY k(attnum, ord)
+JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+WHERE c.conrelid = %s AND c.contype = 'p'
+GROUP BY c.conname
+"""
 
-    Every sink of a group may meet a new table (or a fresh target) at the same moment. Two
-    `CREATE … IF NOT EXISTS` or `ALTER … ADD COLUMN` of the same object race on the catalog's
-    unique indexes, and the loser fails (`23505` on `pg_type`, `42701`), which would reject a
-    table's records. Each sink takes this lock before it changes the target's schema and then
-    looks again at what exists, so the second one finds the first one's work done."""
-    run(conn, "SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK_KEY,))
+UNIQUE_SQL = """
+SELECT array_agg(a.attname::text)
+FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+GROUP BY i.indexrelid
+"""

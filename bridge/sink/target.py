@@ -4,12 +4,18 @@
 call for a version reads the target catalog, creates the table or adds/widens columns, checks that
 the target can hold the data, and builds a `TablePlan`: the staging DDL, the COPY statement, the
 binary row encoder and the apply statements. Later calls return the cached plan.
+
+Guarantees: the target table can hold the relation's data once a plan exists (else
+`TargetSchemaError`, naming table and column); DDL runs inside the caller's transaction, so a
+rolled-back batch leaves no half-made table; a DDL race lost to another sink member (the same
+`CREATE TABLE IF NOT EXISTS` / `ADD COLUMN` at the same moment) is read again, never reported
+as a table the target refuses (which would dead-letter its records).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +24,7 @@ import psycopg
 from bridge.errors import TargetSchemaError
 from bridge.relation import Column, Relation
 from bridge.sink.stage import Encoder, column_code, is_array, row_encoder, staging_type, wire_for
-from bridge.sink.statements import lock_ddl, run
+from bridge.sink.statements import COLUMNS_SQL, PRIMARY_KEY_SQL, UNIQUE_SQL, run
 from bridge.sink.types import candidates
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,12 @@ def qi(name: str) -> str:
     return '"' + name.replace('"', '""').replace("%", "%%") + '"'
 
 
+# What PostgreSQL raises in the second of two sessions that run the same CREATE TABLE / CREATE
+# SCHEMA IF NOT EXISTS, ADD COLUMN or ADD PRIMARY KEY at once: 23505 on pg_type/pg_namespace,
+# 42P07, 42P06, 42701, 42710, 42P16.
+LOST_RACE = (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateSchema,
+              psycopg.errors.DuplicateColumn, psycopg.errors.DuplicateObject, psycopg.errors.InvalidTableDefinition)
+
 _PlanKey = tuple[str, str, int, tuple[Column, ...], tuple[str, ...], str]
 
 
@@ -52,43 +64,8 @@ class TargetColumn:
     array: bool
 
 
-_COLUMNS_SQL = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), coalesce(et.typname, t.typname),
-       coalesce(et.typcategory, t.typcategory), a.atttypmod, et.oid IS NOT NULL
-FROM pg_attribute a
-JOIN pg_type t ON t.oid = a.atttypid
-LEFT JOIN pg_type et ON t.typcategory = 'A' AND et.oid = t.typelem
-WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attnum
-"""
-
-_PRIMARY_KEY_SQL = """
-SELECT c.conname::text, array_agg(a.attname::text ORDER BY k.ord)
-FROM pg_constraint c
-CROSS JOIN unnest(c.conkey) WITH ORDINALITY k(attnum, ord)
-JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
-WHERE c.conrelid = %s AND c.contype = 'p'
-GROUP BY c.conname
-"""
-
-_UNIQUE_SQL = """
-SELECT array_agg(a.attname::text)
-FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-GROUP BY i.indexrelid
-"""
-
-
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-class _DdlNeeded(Exception):
-    """Raised by `_refuse_ddl`: the target table needs a change (see `TargetTables._ensure`)."""
-
-
-def _refuse_ddl(statement: str) -> object:
-    raise _DdlNeeded(statement)
 
 
 def _regname(schema: str, table: str) -> str:
@@ -216,7 +193,16 @@ class TargetTables:
         if found is not None:
             return found
         self.check_width(relation)
-        target_cols = self._ensure(conn, relation)
+        try:
+            with conn.transaction():  # a savepoint, so that a lost race (below) leaves the batch usable
+                target_cols = self._ensure(conn, relation)
+        except LOST_RACE as exc:
+            # Another sink member (it owns other partitions of the topic) ran the same DDL at the
+            # same moment and committed first; ours waited for it and then failed. Not a table the
+            # target refuses (that would dead-letter the records): look again at what it made.
+            log.info("target table %s was changed by another sink member meanwhile (%s); reading it again",
+                     relation.qualified, exc.sqlstate)
+            target_cols = self._ensure(conn, relation)
         name = self._names.get(key)
         if name is None:
             name = self._names[key] = f"bridge_stg_{len(self._names) + 1}"
@@ -244,17 +230,6 @@ class TargetTables:
         return out
 
     def _ensure(self, conn: psycopg.Connection[Any], relation: Relation) -> dict[str, TargetColumn]:
-        """The target table's columns, after creating or evolving it to hold `relation`. Looks
-        first without changing anything; when a change is needed, takes the DDL lock (another
-        sink may be making the same change) and looks again under it."""
-        try:
-            return self._ensure_under(conn, relation, _refuse_ddl)
-        except _DdlNeeded:
-            lock_ddl(conn)
-            return self._ensure_under(conn, relation, lambda stmt: run(conn, stmt))
-
-    def _ensure_under(self, conn: psycopg.Connection[Any], relation: Relation,
-                      ddl: Callable[[str], object]) -> dict[str, TargetColumn]:
         schema, table = relation.schema, relation.table
         target = f"{qi(schema)}.{qi(table)}"
         row = conn.execute("SELECT to_regclass(%s)::oid", (_regname(schema, table),)).fetchone()
@@ -264,8 +239,8 @@ class TargetTables:
             defs = [f"{qi(c.name)} {_t(t)}{_default(conn, c, t)}" for c, t in zip(relation.columns, desired, strict=True)]
             if relation.primary_key:
                 defs.append(f"PRIMARY KEY ({', '.join(qi(k) for k in relation.primary_key)})")
-            ddl(f"CREATE SCHEMA IF NOT EXISTS {qi(schema)}")
-            ddl(f"CREATE TABLE IF NOT EXISTS {target} ({', '.join(defs)})")
+            run(conn, f"CREATE SCHEMA IF NOT EXISTS {qi(schema)}")
+            run(conn, f"CREATE TABLE IF NOT EXISTS {target} ({', '.join(defs)})")
             log.info("created target table %s", relation.qualified)
             row = conn.execute("SELECT to_regclass(%s)::oid", (_regname(schema, table),)).fetchone()
             oid = row[0] if row else None
@@ -274,43 +249,42 @@ class TargetTables:
         for col, want in zip(relation.columns, desired, strict=True):
             have = cols.get(col.name)
             if have is None:
-                ddl(f"ALTER TABLE {target} ADD COLUMN {qi(col.name)} {_t(want)}{_default(conn, col, want)}")
+                run(conn, f"ALTER TABLE {target} ADD COLUMN {qi(col.name)} {_t(want)}{_default(conn, col, want)}")
                 log.info("added column %s to target table %s", col.name, relation.qualified)
                 changed = True
                 continue
             widen = _judge(relation, col, have, want)
             if widen is not None:
-                ddl(f"ALTER TABLE {target} ALTER COLUMN {qi(col.name)} TYPE {_t(widen)}")
+                run(conn, f"ALTER TABLE {target} ALTER COLUMN {qi(col.name)} TYPE {_t(widen)}")
                 log.info("widened %s.%s from %s to %s", relation.qualified, col.name, have.type_sql, widen)
                 changed = True
         if changed:
             cols = self._read_columns(conn, oid)
         if relation.primary_key:
             want_key = set(relation.primary_key)
-            uniques = [set(r[0]) for r in conn.execute(_UNIQUE_SQL, (oid,)).fetchall()]
+            uniques = [set(r[0]) for r in conn.execute(UNIQUE_SQL, (oid,)).fetchall()]
             if want_key not in uniques:
-                self._follow_key(conn, relation, target, oid, ddl)
+                self._follow_key(conn, relation, target, oid)
         return cols
 
     @staticmethod
-    def _follow_key(conn: psycopg.Connection[Any], relation: Relation, target: str, oid: int | None,
-                    ddl: Callable[[str], object]) -> None:
+    def _follow_key(conn: psycopg.Connection[Any], relation: Relation, target: str, oid: int | None) -> None:
         """The source's primary key is not a unique key of the target: the key was changed on the
         source while streaming (`DROP CONSTRAINT …, ADD PRIMARY KEY (…)`), or the target table was
         made by hand. Mirror the source: the target's primary key becomes the source's, which the
         upsert's ON CONFLICT needs (other unique indexes of the target stay). If the target's rows
         repeat the new key, or hold NULL in it, PostgreSQL refuses and the apply rejects the
         table's records (`TableRejectedError`) naming why."""
-        row = conn.execute(_PRIMARY_KEY_SQL, (oid,)).fetchone()
+        row = conn.execute(PRIMARY_KEY_SQL, (oid,)).fetchone()
         cols = ", ".join(qi(k) for k in relation.primary_key)
         drop = f"DROP CONSTRAINT {qi(row[0])}, " if row is not None else ""
-        ddl(f"ALTER TABLE {target} {drop}ADD PRIMARY KEY ({cols})")
+        run(conn, f"ALTER TABLE {target} {drop}ADD PRIMARY KEY ({cols})")
         log.warning("target table %s: primary key %s replaced by the source's (%s)", relation.qualified,
                     f"({', '.join(row[1])})" if row is not None else "(none)", ", ".join(relation.primary_key))
 
     @staticmethod
     def _read_columns(conn: psycopg.Connection[Any], oid: int | None) -> dict[str, TargetColumn]:
-        rows = conn.execute(_COLUMNS_SQL, (oid,)).fetchall()
+        rows = conn.execute(COLUMNS_SQL, (oid,)).fetchall()
         return {r[0]: TargetColumn(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
 
     # -- SQL ------------------------------------------------------------------------------------
