@@ -1,8 +1,10 @@
 """The set-based apply: one target transaction per batch, the rows with their positions.
 
 `Applier.apply(records)` runs, in ONE transaction:
-1. load the stored positions of partitions it does not know yet (`PositionCache`: loaded on
-   assignment, or here; under this member's ownership they only move forward);
+1. read the stored positions of the batch's partitions, locking their rows until the commit
+   (`PositionTable.lock`): a second member applying the same partition waits, then sees what
+   this one stored; a member with a stale cache (dropped from the group without being told, or
+   a commit whose answer was lost) cannot write over newer rows;
 2. drop every record at or below its partition's position (replays are harmless);
 3. per table, in position order where it matters (split at truncates and relation versions):
    binary COPY the rows into a temporary staging table, reduce to the last event per key,
@@ -209,10 +211,11 @@ class Applier:
                      ) -> tuple[dict[PartitionKey, Position], dict[tuple[str, str], int]]:
         """Steps 1-4 of the module docstring. Returns the new positions and the number of
         records applied (replays excluded) per (table, op), for `bridge_sink_rows_applied_total`."""
-        # 1. positions of partitions not known yet
-        unknown = self._cache.unknown({(r.topic, r.partition) for r in records})
-        if unknown:
-            self._cache.loaded(unknown, self._table.load(conn, unknown))
+        # 1. the stored positions of the batch's partitions, locked until the commit. The table,
+        # not the cache, decides what is a replay: a member dropped from the group without being
+        # told, or whose last commit's answer was lost, holds a stale cache.
+        tps = {(r.topic, r.partition) for r in records}
+        self._cache.loaded(tps, self._table.lock(conn, tps))
         # 2. drop replays; group by relation object
         newpos, groups = self._fresh(records)
         # 3. per table

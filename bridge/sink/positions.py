@@ -7,7 +7,8 @@ it holds; replays at or below the stored position are skipped.
 `PositionCache` is what the applier knows of that table for the partitions it owns. Guarantee:
 a cached position was committed in the target (loaded from the table, or set after the commit
 that wrote it), so it is never ahead of the table and a record at or below it was applied (or
-dead-lettered). A partition is not known until it is loaded; a revoked one is forgotten.
+dead-lettered). Replays are decided by the table itself, read under a row lock in each batch
+(`PositionTable.lock`), never by the cache alone.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ class PositionTable:
             "SELECT p.topic, p.partition, p.commit_lsn::text, p.seq FROM {name} p"
             " JOIN unnest(%s::text[], %s::int[]) AS a(topic, partition) USING (topic, partition)"
         ).format(name=name)
+        # The batch's rows, locked until its commit (in one order: two members never deadlock).
+        self._lock = sql.SQL(
+            "SELECT p.topic, p.partition, p.commit_lsn::text, p.seq FROM {name} p"
+            " JOIN unnest(%s::text[], %s::int[]) AS a(topic, partition) USING (topic, partition)"
+            " ORDER BY p.topic, p.partition FOR UPDATE OF p"
+        ).format(name=name)
         # Forward only: a position never moves back, whoever writes it.
         self._upsert = sql.SQL(
             "INSERT INTO {name} AS p (topic, partition, commit_lsn, seq)"
@@ -74,6 +81,13 @@ class PositionTable:
             out[(str(row[0]), int(row[1]))] = Position(Lsn.parse(str(row[2])), int(row[3]))
         return out
 
+    def lock(self, conn: psycopg.Connection[Any], partitions: Iterable[PartitionKey]) -> dict[PartitionKey, Position]:
+        """The stored positions of `partitions`, their rows locked until the transaction ends:
+        another member applying the same partition waits, then reads what this one stored."""
+        tps = list(partitions)
+        rows = conn.execute(self._lock, ([t for t, _ in tps], [p for _, p in tps])).fetchall()
+        return {(str(r[0]), int(r[1])): Position(Lsn.parse(str(r[2])), int(r[3])) for r in rows}
+
     def upsert(self, conn: psycopg.Connection[Any], positions: Mapping[PartitionKey, Position]) -> None:
         """Store `positions` (forward only). Called inside the batch transaction."""
         if not positions:
@@ -88,26 +102,21 @@ class PositionTable:
 class PositionCache:
     """The stored positions of the partitions this sink member owns, as last read or written.
 
-    Loaded on assignment, or lazily by the first apply that needs a partition; forgotten on
-    revocation (another member moves them then); moved forward only after a commit."""
+    Read (and locked) again by every apply for its partitions, which decides replays by the
+    table; loaded on assignment, forgotten on revocation; moved forward only after a commit. It
+    serves the positions the commit path reports (offset metadata, acks)."""
 
     def __init__(self) -> None:
         self._positions: dict[PartitionKey, Position] = {}
-        self._loaded: set[PartitionKey] = set()
 
     def get(self, tp: PartitionKey) -> Position | None:
         """The position of `tp`; `None` when nothing was applied there (or it is not loaded)."""
         return self._positions.get(tp)
 
-    def unknown(self, partitions: Iterable[PartitionKey]) -> set[PartitionKey]:
-        """Those of `partitions` not loaded yet."""
-        return set(partitions) - self._loaded
-
     def loaded(self, partitions: Iterable[PartitionKey], found: Mapping[PartitionKey, Position]) -> None:
         """Take what the table holds for `partitions` (read in a transaction; absent: never
         applied). Replaces what the cache held for them."""
         for tp in partitions:
-            self._loaded.add(tp)
             pos = found.get(tp)
             if pos is None:
                 self._positions.pop(tp, None)
@@ -127,7 +136,6 @@ class PositionCache:
         """Drop `partitions` (revoked): they load again when owned again."""
         for tp in partitions:
             self._positions.pop(tp, None)
-            self._loaded.discard(tp)
 
     def of(self, partitions: Iterable[PartitionKey]) -> dict[PartitionKey, Position]:
         """The known positions of `partitions` (those never applied are left out)."""

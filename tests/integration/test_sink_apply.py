@@ -534,3 +534,27 @@ def test_two_sinks_creating_the_same_table_both_apply(target_dsn: str) -> None:
         _positions, rejects = results[i]
         assert rejects == [], f"member {i} dead-lettered {len(rejects)} records: {rejects[0][1]}"
     assert rows(target_dsn, "SELECT count(*) FROM raced") == [(10,)]
+
+
+def test_a_member_with_a_stale_cache_never_overwrites_newer_rows(target_dsn: str) -> None:
+    """Invariant 3 whoever applies: a member that lost its partitions without being told (kicked
+    out of the group while it waited for the target) still holds old positions in its cache. Its
+    stale batch must be skipped as the replay it is, not written over what the new owner applied
+    since (the same holds after a commit whose answer was lost)."""
+    rel = Relation("public", "kv", (col("id", "integer", "int4", not_null=True), col("v", "text", "text")),
+                   primary_key=("id",))
+    old_owner, new_owner = Applier(target_dsn), Applier(target_dsn)
+    try:
+        s = Stream(topic="bridge.public.kv")
+        first = s.rec(rel, Op.INSERT, (1, "v1"))
+        s.commit()
+        stale = s.rec(rel, Op.UPDATE, (1, "v2"))
+        s.commit()
+        newer = s.rec(rel, Op.UPDATE, (1, "v3"))
+        old_owner.apply([first])  # the old owner's cache: position of v1
+        new_owner.apply([stale, newer])  # the new owner re-reads from the committed offset and goes on
+        assert old_owner.apply([stale]) == {(s.topic, 0): newer.change.position}
+        assert rows(target_dsn, "SELECT v FROM kv") == [("v3",)]
+    finally:
+        old_owner.close()
+        new_owner.close()
