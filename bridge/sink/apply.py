@@ -86,6 +86,7 @@ class Applier:
         self._cache = PositionCache()
         self._writer = TableWriter()
         self._ready = False
+        self._dead_letter: Callable[[Rejects], None] | None = None  # see apply_isolating
 
     # -- connection and positions ---------------------------------------------------------------
 
@@ -317,18 +318,21 @@ class Applier:
 
     # -- dead-letter isolation ------------------------------------------------------------------
 
-    def apply_isolating(self, records: Sequence[SinkRecord], rejects: Rejects | None = None
+    def apply_isolating(self, records: Sequence[SinkRecord], rejects: Rejects | None = None, *,
+                        dead_letter: Callable[[Rejects], None] | None = None
                         ) -> tuple[dict[PartitionKey, Position], Rejects]:
         """Apply `records`; when the target rejects some, find them by bisection and apply the rest.
 
         Sub-batches are applied left to right, so the order of every partition is kept. A rejected
-        record's position is still stored (its partition moves past it) so it is not retried.
-        Returns the positions (as `apply`) and the rejected records with their errors, for the
-        dead-letter topic, appended to `rejects` when given: a caller that retries the batch after
-        an error passes the same list, so the records rejected (and moved past) before the error
-        still reach the dead-letter topic. Errors other than `RecordRejectedError` propagate.
+        record's position is still stored (its partition moves past it) so it is not retried —
+        but only after `dead_letter` (when given) has returned for it: the caller's dead-letter
+        topic holds it before anything can skip it, so a crash in between loses nothing (it is
+        rejected and dead-lettered again). Returns the positions (as `apply`) and the rejected
+        records with their errors, appended to `rejects` when given. Errors other than
+        `RecordRejectedError` propagate.
         """
         rejects = [] if rejects is None else rejects
+        self._dead_letter = dead_letter
         pending = list(records)
         refused: list[SinkRecord] = []
         while True:
@@ -348,7 +352,7 @@ class Applier:
                 self._bisect(pending, rejects)
             break
         if refused:
-            self._advance_past(refused)
+            self._advance_past([(r, e) for r, e in rejects if r in refused])
         return self._cache.of({(r.topic, r.partition) for r in records}), rejects
 
     def _bisect(self, records: list[SinkRecord], rejects: Rejects) -> None:
@@ -360,7 +364,7 @@ class Applier:
                 log.warning("record rejected by the target: topic=%s partition=%s offset=%s: %s",
                             rec.topic, rec.partition, rec.offset, exc)
                 rejects.append((rec, exc))
-                self._advance_past([rec])
+                self._advance_past([(rec, exc)])
             return
         mid = len(records) // 2
         for half in (records[:mid], records[mid:]):
@@ -369,11 +373,13 @@ class Applier:
             except RecordRejectedError:
                 self._bisect(half, rejects)
 
-    def _advance_past(self, recs: Sequence[SinkRecord]) -> None:
-        """Store, forward only, the positions of rejected records, so their partitions move past
-        them (they are in the dead-letter topic, not retried)."""
+    def _advance_past(self, rejected: Rejects) -> None:
+        """Dead-letter the rejected records, then store their positions (forward only), so their
+        partitions move past them: they are in the dead-letter topic, not retried."""
+        if self._dead_letter is not None:
+            self._dead_letter(rejected)
         last: dict[PartitionKey, Position] = {}
-        for rec in recs:
+        for rec, _exc in rejected:
             tp = (rec.topic, rec.partition)
             pos = rec.change.position
             if tp not in last or last[tp] < pos:

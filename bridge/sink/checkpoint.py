@@ -32,6 +32,7 @@ from bridge.sink.records import PartitionKey, SinkRecord
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Rejects = list[tuple[SinkRecord, Exception]]  # records the target refused, with why
 
 
 class Retry(Protocol):
@@ -43,8 +44,9 @@ class Retry(Protocol):
 class ApplyStage(Protocol):
     """What the checkpoint needs of the apply stage (`bridge.sink.apply.Applier`)."""
 
-    def apply_isolating(self, records: list[SinkRecord], rejects: list[tuple[SinkRecord, Exception]] | None = None
-                        ) -> tuple[dict[PartitionKey, Position], list[tuple[SinkRecord, Exception]]]: ...
+    def apply_isolating(self, records: list[SinkRecord], rejects: Rejects | None = None, *,
+                        dead_letter: Callable[[Rejects], None] | None = None
+                        ) -> tuple[dict[PartitionKey, Position], Rejects]: ...
 
     def arrive(self, rec: SinkRecord, partitions: int) -> bool: ...
 
@@ -159,12 +161,10 @@ class Checkpoint:
         started = time.monotonic()
         # 1. One target transaction: rows and positions.
         positions, held = self._apply(p, retry)
-        # 2. Dead letters, before the offsets that would skip them are committed.
-        dead = list(p.dead)
-        for rec, exc in p.rejected:
-            dead.append((p.messages[(rec.topic, rec.partition, rec.offset)], exc))
-        if dead:
-            self._dead_letters.publish(dead)
+        # 2. Dead letters (undecodable records; those the target rejected were published in step
+        # 1, before their positions moved), before the offsets that would skip them are committed.
+        if p.dead:
+            self._dead_letters.publish(p.dead)
         # 3. Offsets, with the applied position as commit metadata.
         offsets = []
         for (topic, partition), nxt in p.offsets.items():
@@ -199,7 +199,10 @@ class Checkpoint:
             return {tp: rec.change.position}, {tp: rec.offset}
         positions: dict[PartitionKey, Position] = {}
         if p.records:
-            positions, _ = run(lambda: self._applier.apply_isolating(p.records, p.rejected))
+            def dead_letter(rejected: Rejects) -> None:
+                self._dead_letters.publish([(p.messages[(r.topic, r.partition, r.offset)], e) for r, e in rejected])
+
+            positions, _ = run(lambda: self._applier.apply_isolating(p.records, p.rejected, dead_letter=dead_letter))
         for tp, pos in p.released.items():
             positions.setdefault(tp, pos)
         return positions, {}

@@ -558,3 +558,34 @@ def test_a_member_with_a_stale_cache_never_overwrites_newer_rows(target_dsn: str
     finally:
         old_owner.close()
         new_owner.close()
+
+
+def test_a_rejected_record_is_dead_lettered_before_its_partition_moves_past_it(target_dsn: str,
+                                                                               applier: Applier) -> None:
+    """The position passes a record the target refuses only once the dead-letter topic has it: if
+    that publish fails (or the sink dies first), the record is neither applied nor skipped, and
+    the next attempt rejects and dead-letters it again. Before, the position moved first, and a
+    crash before the publish lost the record."""
+    with psycopg.connect(target_dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(12,2) CHECK (amount >= 0),"
+                  " status text, big text)")
+    s = Stream()
+    good = s.rec(ORDERS, Op.INSERT, (1, Decimal(1), "ok", None))
+    bad = s.rec(ORDERS, Op.INSERT, (2, Decimal(-1), "refused", None))
+    after = s.rec(ORDERS, Op.INSERT, (3, Decimal(3), "ok", None))
+    published: list[int] = []
+
+    def broker_down(rejected: list[tuple[SinkRecord, Exception]]) -> None:
+        raise SinkError("dead-letter topic unavailable")
+
+    with pytest.raises(SinkError, match="dead-letter topic unavailable"):
+        applier.apply_isolating([good, bad, after], dead_letter=broker_down)
+    stored = rows(target_dsn, "SELECT commit_lsn::text, seq FROM pgbridge_state.bridge_positions")
+    assert stored == [(str(good.change.position.commit_lsn), good.change.position.seq)]
+    assert rows(target_dsn, "SELECT id FROM orders") == [(1,)]
+
+    positions, rejects = applier.apply_isolating(
+        [good, bad, after], dead_letter=lambda rj: published.extend(r.offset for r, _ in rj))
+    assert published == [bad.offset] and [r for r, _ in rejects] == [bad]
+    assert positions[(s.topic, 0)] == after.change.position
+    assert rows(target_dsn, "SELECT id FROM orders ORDER BY id") == [(1,), (3,)]
