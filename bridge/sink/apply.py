@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from bridge import metrics
+from bridge import failures, metrics
 from bridge.errors import SinkError, TargetSchemaError
 from bridge.events import Op, Position
 from bridge.relation import Relation
@@ -39,16 +39,7 @@ log = logging.getLogger(__name__)
 _DEL = b"d"
 _UPS = b"u"
 _INS = b"c"
-# SQLSTATE classes meaning "the target refuses these rows", not "the target is unwell":
-# 22 data exception, 23 integrity constraint violation, P0 raised by a trigger.
-_REJECT_CLASSES = ("22", "23", "P0")
-# ... and "the target refuses this table" (raised while a table's statements run): 42 syntax or
-# access rule (a type it cannot cast, no privilege), 54 program limit (too many columns), 0A
-# feature not supported. Retrying cannot help; the table's records go to the dead-letter topic.
-_TABLE_REJECT_CLASSES = ("42", "54", "0A")
-# Failures that pass by themselves: connection, operator intervention (shutdown), transaction
-# rollback (serialization, deadlock), insufficient resources.
-_PASSING_CLASSES = ("08", "57", "40", "53")
+# What a SQLSTATE means (rows refused, table refused, passing) is decided by bridge.failures.
 # Python errors a value of the wrong form raises while it is encoded for COPY.
 # Rows encoded per COPY write: big enough to amortise the call, small enough that the server
 # parses one chunk while Python encodes the next.
@@ -166,7 +157,7 @@ class Applier:
         except psycopg.Error as exc:
             self._after_failure(conn)
             state = exc.sqlstate or ""
-            if state[:2] in _REJECT_CLASSES:
+            if failures.rejects_rows(state):
                 raise RecordRejectedError(f"target rejected the batch: {exc}", sqlstate=state) from exc
             raise SinkError(f"target apply failed: {exc}", sqlstate=state or None) from exc
         except BaseException:
@@ -252,7 +243,7 @@ class Applier:
                 raise TableRejectedError(exc.message, table=tkey, **ctx) from exc
             except psycopg.Error as exc:
                 sqlstate = exc.sqlstate or ""
-                if sqlstate[:2] not in _TABLE_REJECT_CLASSES:
+                if not failures.rejects_table(sqlstate):
                     raise
                 raise TableRejectedError(f"target refuses table {tkey[0]}.{tkey[1]}: {str(exc).strip()}",
                                          table=tkey, sqlstate=sqlstate) from exc
@@ -289,7 +280,7 @@ class Applier:
             return self._tables.plan(conn, rel)
         except psycopg.Error as exc:
             sqlstate = exc.sqlstate or ""
-            if not sqlstate or sqlstate[:2] in _PASSING_CLASSES:
+            if not sqlstate or failures.passes(sqlstate):
                 raise
             raise TableRejectedError(f"target refuses table {rel.qualified}: {str(exc).strip()}",
                                      table=(rel.schema, rel.table), sqlstate=sqlstate) from exc

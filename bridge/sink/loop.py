@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from bridge import metrics
+from bridge import failures, metrics
 from bridge.ack.channel import Ack, AckPublisher
 from bridge.errors import BridgeError, SinkError, StoreUnavailableError
 from bridge.events import Op, Position
@@ -66,29 +66,13 @@ _REGISTRY_MAX_WAIT_S = 10.0  # at most this, well inside max.poll.interval.ms (t
 
 def _broker_transient(exc: BaseException) -> bool:
     """A broker call that failed because the broker is away or its coordinator is moving."""
-    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-    return isinstance(err, KafkaError) and (err.retriable() or err.code() in _KAFKA_TRANSIENT)
+    return failures.broker_transient(exc)
 
 
 def _retryable(exc: BaseException) -> bool:
     """A target failure that goes away by itself: a lost connection (restart), a deadlock, a
     serialization failure, the server shutting down or not yet accepting connections."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, psycopg.OperationalError):
-            return True
-        state = getattr(cause, "sqlstate", None) or getattr(cause, "context", {}).get("sqlstate")
-        if isinstance(state, str) and (state.startswith(("08", "57P")) or state in ("40001", "40P01")):
-            return True
-        cause = cause.__cause__
-    return False
-
-
-_KAFKA_TRANSIENT = frozenset({
-    KafkaError._WAIT_COORD, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-    KafkaError._MSG_TIMED_OUT, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.REQUEST_TIMED_OUT, KafkaError.NETWORK_EXCEPTION,
-})
+    return failures.transient(exc)
 
 
 @dataclass(slots=True)
