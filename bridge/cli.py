@@ -168,7 +168,7 @@ def _build_producer(cfg: Config, lock: Any) -> tuple[Any, Callable[[], None]]:
     tails = TailReader(cfg.kafka.bootstrap_servers, extra)
     acks = None
     if cfg.ack == "sink":
-        from bridge.ack.channel import acks_topic
+        from bridge.kafka.topics import acks_topic
 
         topics.ensure(acks_topic(cfg.kafka.topic_prefix), partitions=1, compact=True)
         acks = AckReader(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, extra, signer=_signer(cfg))
@@ -224,8 +224,9 @@ def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, 
                    include: Any) -> Any:
     """The snapshot to run before streaming: a new one when the slot was just created with an
     exported snapshot, the rest of an interrupted one, or None."""
+    from bridge.kafka.topics import snapshot_topic
     from bridge.produce.producer import SnapshotPlan
-    from bridge.produce.snapshot_state import SnapshotStateStore, snapshot_topic
+    from bridge.produce.snapshot_state import SnapshotStateStore
     from bridge.produce.topics import TopicManager
     from bridge.source.slot import sql_connect
     from bridge.source.snapshot import SnapshotState, list_tables
@@ -264,8 +265,9 @@ def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, 
 def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
     from confluent_kafka import Consumer, Producer
 
-    from bridge.ack.channel import AckPublisher, acks_topic
+    from bridge.ack.channel import AckPublisher
     from bridge.codec import EnvelopeDecoder
+    from bridge.kafka.topics import acks_topic
     from bridge.produce.topics import TopicManager
     from bridge.sink.admit import Admission
     from bridge.sink.apply import Applier

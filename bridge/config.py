@@ -44,6 +44,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from bridge.errors import ConfigError
+from bridge.kafka.topics import dead_letter_topic
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -622,7 +623,7 @@ def _build(raw: dict[str, Any], errors: list[str], origin: Mapping[str, str]) ->
             config.sink, state_schema=config.sink.position_schema, position_schema=None))
     if not config.sink.dead_letter_topic:
         config = dataclasses.replace(
-            config, sink=dataclasses.replace(config.sink, dead_letter_topic=f"{config.kafka.topic_prefix}._dlq"))
+            config, sink=dataclasses.replace(config.sink, dead_letter_topic=dead_letter_topic(config.kafka.topic_prefix)))
     _validate(config, errors, origin)
     return None if errors else config
 

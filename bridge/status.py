@@ -15,8 +15,8 @@ from confluent_kafka.admin import AdminClient
 from bridge.ack.channel import AckReader
 from bridge.config import Config
 from bridge.errors import BridgeError
+from bridge.kafka.topics import data_topic_pattern
 from bridge.produce.topics import TailReader
-from bridge.sink.loop import data_topic_pattern
 
 
 def _data_topics(admin: AdminClient, prefix: str) -> dict[str, int]:

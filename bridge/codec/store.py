@@ -30,6 +30,7 @@ from bridge.errors import (
     SchemaRefusedError,
     StoreUnavailableError,
 )
+from bridge.kafka.topics import schemas_topic
 from bridge.signing import ANY_PARTITION, Signer
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class TopicSchemaStore:
 
     def __init__(self, bootstrap: str, topic_prefix: str, kafka_config: dict[str, Any] | None = None, *,
                  timeout: float = 30.0, signer: Signer | None = None) -> None:
-        self.topic = f"{topic_prefix}._schemas"
+        self.topic = schemas_topic(topic_prefix)
         self._signer = signer
         self._conf: dict[str, Any] = {"bootstrap.servers": bootstrap, **(kafka_config or {})}
         self._timeout = timeout

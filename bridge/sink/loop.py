@@ -32,6 +32,7 @@ from bridge import failures, metrics
 from bridge.ack.channel import Ack, AckPublisher
 from bridge.errors import BridgeError, SinkError, StoreUnavailableError
 from bridge.events import Op, Position
+from bridge.kafka.topics import data_topic_pattern
 from bridge.relation import Relation
 from bridge.retry import retry_while
 from bridge.signing import Signer
@@ -107,13 +108,6 @@ class _Batch:
 
     def empty(self) -> bool:
         return not self.offsets
-
-
-def data_topic_pattern(prefix: str) -> str:
-    """Regex subscription for `<prefix>.<schema>.<table>`; internal topics (`<prefix>._acks`,
-    `_schemas`, `_dlq`) have a single dot after the prefix and do not match."""
-    escaped = "".join("\\" + c if c in ".^$*+?()[]{}|\\" else c for c in prefix)
-    return f"^{escaped}\\.[^.]+\\..+"
 
 
 def kafka_consumer_config(bootstrap: str, group_id: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
