@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 
 from bridge import failures, metrics
+from bridge.config import STATE_SCHEMA
 from bridge.errors import SinkError, TargetSchemaError
 from bridge.events import Op, Position
 from bridge.relation import Relation
@@ -75,7 +76,7 @@ class Applier:
     (the applier connects in autocommit mode and reconnects after a connection failure).
     """
 
-    def __init__(self, conn_or_dsn: psycopg.Connection[Any] | str, *, state_schema: str = "pgbridge_state") -> None:
+    def __init__(self, conn_or_dsn: psycopg.Connection[Any] | str, *, state_schema: str = STATE_SCHEMA) -> None:
         self._dsn = conn_or_dsn if isinstance(conn_or_dsn, str) else None
         self._conn: psycopg.Connection[Any] | None = None if isinstance(conn_or_dsn, str) else conn_or_dsn
         self._table = PositionTable(state_schema)

@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from bridge import failures, metrics
 from bridge.ack.channel import Ack, AckPublisher
+from bridge.config import STATE_SCHEMA
 from bridge.errors import BridgeError, SinkError, StoreUnavailableError
 from bridge.events import Op, Position
 from bridge.kafka.topics import data_topic_pattern
@@ -148,7 +149,7 @@ class SinkLoop:
         self.batches = 0
         self.last_positions: dict[tuple[str, int], Position] = {}
         self.barrier = barrier
-        self.admission = admission or Admission(settings.topic_prefix, "pgbridge_state")
+        self.admission = admission or Admission(settings.topic_prefix, STATE_SCHEMA)
         self.signer = signer
         self.stop = stop or threading.Event()
         self._waiting: dict[tuple[str, int], _Waiting] = {}

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from bridge.config import STATE_SCHEMA
 from bridge.events import Position
 from bridge.lsn import Lsn
 from bridge.sink.statements import run
@@ -27,7 +28,7 @@ TopicPartition = tuple[str, int]
 class PositionTable:
     """SQL for `<schema>.bridge_positions`, built once. Stateless besides the names."""
 
-    def __init__(self, schema: str = "pgbridge_state") -> None:
+    def __init__(self, schema: str = STATE_SCHEMA) -> None:
         self.schema = schema
         name = sql.Identifier(schema, TABLE)
         self._create_schema = sql.SQL("CREATE SCHEMA IF NOT EXISTS {schema}").format(schema=sql.Identifier(schema))
