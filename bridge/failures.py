@@ -115,6 +115,13 @@ def transient(exc: BaseException) -> bool:
     return found and (state is None or passes(state))
 
 
+def connection_failed(exc: BaseException) -> bool:
+    """The first PostgreSQL failure in `exc`'s cause chain is a connection failure without a
+    SQLSTATE (refused, lost, or refused during authentication: libpq does not tell them apart)."""
+    found, state = sqlstate_in(exc)
+    return found and state is None
+
+
 # libpq's PQping: REJECT is a server starting, shutting down or in recovery; NO_RESPONSE is no
 # server at all (yet). OK means it accepts connections; NO_ATTEMPT means the parameters are wrong.
 _PING_AWAY = frozenset({pq.Ping.REJECT, pq.Ping.NO_RESPONSE})
