@@ -5,6 +5,7 @@ Three code spaces answer "will this pass by itself?" and "whose fault is it?":
 - PostgreSQL's SQLSTATE (five characters, the first two its class), from `psycopg.Error.sqlstate`
   or a `BridgeError`'s `sqlstate` context, looked up first by the full code and then by class;
 - librdkafka's error codes (`confluent_kafka.KafkaError.code()`) and its `retriable()` flag;
+- the schema registry's HTTP status;
 - libpq's `PQping` answer, for a connection that failed before the server said anything with a
   SQLSTATE: libpq reports a refused or interrupted connection only as text, so the server is asked
   again with `PQping`, whose answer is a code.
@@ -142,6 +143,17 @@ def unreachable_at_start(exc: BaseException, ping: Callable[[], int]) -> bool:
     if state is not None:
         return passes(state)
     return ping_says_away(ping())
+
+
+# -- schema registry (HTTP) ---------------------------------------------------------------------
+
+_HTTP_PASSING = frozenset({408, 429})  # request timeout, too many requests
+
+
+def registry_unavailable(http_status: int | None) -> bool:
+    """A schema registry call that failed because the registry is away (no HTTP answer at all, a
+    5xx, a timeout or throttling), not because of what was asked: the caller asks again later."""
+    return http_status is None or http_status >= 500 or http_status in _HTTP_PASSING
 
 
 # -- librdkafka --------------------------------------------------------------------------------

@@ -31,30 +31,42 @@ def collect_status(cfg: Config) -> dict[str, Any]:
     """One JSON-able object: `slot`, `producer`, `watermark`, `sink` (see the design's contract)."""
     out: dict[str, Any] = {"slot": None, "producer": {}, "sink": {}, "watermark": None, "errors": []}
     if cfg.source.dsn:
-        from bridge.source.slot import SlotManager
-
-        try:
-            st = SlotManager(cfg.source.conninfo(), cfg.source.slot).status()
-            if st is None:
-                out["slot"] = {"name": cfg.source.slot, "exists": False}
-            else:
-                out["slot"] = {**st.as_dict(), "exists": True}
-                out["watermark"] = str(st.confirmed_flush_lsn) if st.confirmed_flush_lsn else None
-                if st.wal_status == "lost":
-                    from bridge.source.slot import wal_lost_message
-
-                    out["errors"].append(f"source: {wal_lost_message(cfg.source.slot)}")
-        except BridgeError as exc:
-            out["errors"].append(f"source: {exc}")
-    extra = dict(cfg.kafka.config)
-    prefix = cfg.kafka.topic_prefix
+        _slot_status(cfg, out)
     try:
         admin = AdminClient({**cfg.kafka.client_config(), "log_level": 0})
-        topics = _data_topics(admin, prefix)
+        topics = _data_topics(admin, cfg.kafka.topic_prefix)
     except Exception as exc:
         out["errors"].append(f"kafka: {exc}")
         return out
-    tails = TailReader(cfg.kafka.bootstrap_servers, extra)
+    out["producer"] = _producer_status(cfg, topics)
+    lag = _consumer_lag(cfg, topics)
+    out["sink"] = {"group_id": cfg.sink.group_id, "acked": _acked(cfg), "consumer_lag": lag,
+                   "consumer_lag_total": sum(lag.values())}
+    return out
+
+
+def _slot_status(cfg: Config, out: dict[str, Any]) -> None:
+    """`slot` and `watermark` from `pg_replication_slots`; a lost slot or a failure in `errors`."""
+    from bridge.source.slot import SlotManager
+
+    try:
+        st = SlotManager(cfg.source.conninfo(), cfg.source.slot).status()
+        if st is None:
+            out["slot"] = {"name": cfg.source.slot, "exists": False}
+        else:
+            out["slot"] = {**st.as_dict(), "exists": True}
+            out["watermark"] = str(st.confirmed_flush_lsn) if st.confirmed_flush_lsn else None
+            if st.wal_status == "lost":
+                from bridge.source.slot import wal_lost_message
+
+                out["errors"].append(f"source: {wal_lost_message(cfg.source.slot)}")
+    except BridgeError as exc:
+        out["errors"].append(f"source: {exc}")
+
+
+def _producer_status(cfg: Config, topics: dict[str, int]) -> dict[str, Any]:
+    """The position of the last record of each data partition, and the highest of them."""
+    tails = TailReader(cfg.kafka.bootstrap_servers, dict(cfg.kafka.config))
     produced: dict[str, str] = {}
     last = None
     try:
@@ -64,17 +76,26 @@ def collect_status(cfg: Config) -> dict[str, Any]:
                 last = pos if last is None or pos > last else last
     finally:
         tails.close()
-    out["producer"] = {"last_produced": str(last) if last else None, "partitions": produced}
+    return {"last_produced": str(last) if last else None, "partitions": produced}
+
+
+def _acked(cfg: Config) -> dict[str, str]:
+    """The sink's last ack per data partition, from `<prefix>._acks`."""
     from bridge.signing import Signer
 
     signer = Signer(cfg.kafka.signing_secret) if cfg.kafka.signing_secret else None
-    reader = AckReader(cfg.kafka.bootstrap_servers, prefix, extra, signer=signer)
+    reader = AckReader(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, dict(cfg.kafka.config), signer=signer)
     acked: dict[str, str] = {}
     try:
         for ack in reader.read_to_end(timeout=10):
             acked[f"{ack.topic}/{ack.partition}"] = str(ack.position)
     finally:
         reader.close()
+    return acked
+
+
+def _consumer_lag(cfg: Config, topics: dict[str, int]) -> dict[str, int]:
+    """Records not yet committed by the sink's group, per data partition."""
     lag: dict[str, int] = {}
     consumer = Consumer({**cfg.kafka.client_config(), "group.id": cfg.sink.group_id, "log_level": 0,
                          "enable.auto.commit": False})
@@ -87,9 +108,7 @@ def collect_status(cfg: Config) -> dict[str, Any]:
                 lag[f"{tp.topic}/{tp.partition}"] = max(0, hi - done)
     finally:
         consumer.close()
-    out["sink"] = {"group_id": cfg.sink.group_id, "acked": acked, "consumer_lag": lag,
-                   "consumer_lag_total": sum(lag.values())}
-    return out
+    return lag
 
 
 def format_status(st: dict[str, Any]) -> str:

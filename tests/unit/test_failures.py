@@ -134,3 +134,19 @@ def test_partition_not_ready() -> None:
     assert failures.partition_not_ready(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
     assert failures.partition_not_ready(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
     assert not failures.partition_not_ready(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+
+
+def test_connection_failed_is_a_failure_without_sqlstate() -> None:
+    lost = SourceError("cannot connect")
+    lost.__cause__ = psycopg.OperationalError("anything")
+    assert failures.connection_failed(lost)
+    coded = SourceError("refused")
+    coded.__cause__ = pg_error("57P03")
+    assert not failures.connection_failed(coded)
+    assert not failures.connection_failed(ValueError("connection refused"))
+
+
+@pytest.mark.parametrize(("status", "away"), [(None, True), (500, True), (503, True), (408, True), (429, True),
+                                              (409, False), (404, False), (422, False), (401, False)])
+def test_registry_unavailable_by_http_status(status: int | None, away: bool) -> None:
+    assert failures.registry_unavailable(status) is away
