@@ -240,23 +240,7 @@ class _ReadGen:
             L(f"{ind}{out}, = _ud(d, p)")
             L(f"{ind}p += 8")
         elif kind in ("string", "bytes"):
-            z = self.varint(ind)
-            e = self.var("e")
-            L(f"{ind}if {z} & 1:")
-            L(f"{ind}    raise _neg(p)")
-            L(f"{ind}{e} = p + ({z} >> 1)")
-            if kind == "string":
-                L(f"{ind}{out} = d[p:{e}].decode()")
-            elif logical == "decimal":
-                # bounded by the precision (<= PostgreSQL's 1000 digits): int <-> Decimal
-                # conversions are quadratic in the digits, so an oversized one is refused first
-                limit = _decimal_bytes(t)
-                L(f"{ind}if {e} - p > {limit}:")
-                L(f"{ind}    raise _big({e} - p, {limit})")
-                L(f"{ind}{out} = _D(_fb(d[p:{e}], 'big', signed=True)).scaleb({-int(t.get('scale', 0))}, _ctx)")
-            else:
-                L(f"{ind}{out} = d[p:{e}]")
-            L(f"{ind}p = {e}")
+            self.emit_bytes(t, kind, logical, out, ind)
         elif kind == "enum":
             z = self.varint(ind)
             syms = self.const(tuple(t["symbols"]))
@@ -267,26 +251,7 @@ class _ReadGen:
             L(f"{ind}{out} = d[p:p + {int(t['size'])}]")
             L(f"{ind}p += {int(t['size'])}")
         elif kind == "array":
-            x = self.var("x")
-            L(f"{ind}{out} = []")
-            L(f"{ind}while True:")
-            z = self.varint(ind + "    ")
-            n = self.var("n")
-            L(f"{ind}    {n} = ({z} >> 1) ^ -({z} & 1)")
-            L(f"{ind}    if not {n}:")
-            L(f"{ind}        break")
-            L(f"{ind}    if {n} < 0:")
-            L(f"{ind}        {n} = -{n}")
-            self.varint(ind + "        ")  # block size in bytes, unused
-            # every item takes at least one byte (checked at compile time): a count larger than
-            # what remains is a lie, refused before anything is allocated for it
-            if _min_size(t["items"], self._names, ns) < 1:
-                raise CodecError("arrays of zero-width items are not supported", type=str(t["items"])[:80])
-            L(f"{ind}    if {n} > len(d) - p:")
-            L(f"{ind}        raise _count({n}, len(d) - p)")
-            L(f"{ind}    for _ in range({n}):")
-            self.emit(t["items"], x, ind + "        ", ns)
-            L(f"{ind}        {out}.append({x})")
+            self.emit_array(t, out, ind, ns)
         elif kind in ("record", "error"):
             names = [self.var("f") for _ in t["fields"]]
             for f, name in zip(t["fields"], names, strict=True):
@@ -294,6 +259,51 @@ class _ReadGen:
             L(f"{ind}{out} = ({', '.join(names)}{',' if len(names) == 1 else ''})")
         else:
             raise CodecError("unsupported Avro type for the generated reader", type=str(kind))
+
+    def emit_bytes(self, t: Any, kind: str, logical: Any, out: str, ind: str) -> None:
+        """A string, bytes or decimal: length-prefixed, the length checked against the input."""
+        L = self.lines.append
+        z = self.varint(ind)
+        e = self.var("e")
+        L(f"{ind}if {z} & 1:")
+        L(f"{ind}    raise _neg(p)")
+        L(f"{ind}{e} = p + ({z} >> 1)")
+        if kind == "string":
+            L(f"{ind}{out} = d[p:{e}].decode()")
+        elif logical == "decimal":
+            # bounded by the precision (<= PostgreSQL's 1000 digits): int <-> Decimal
+            # conversions are quadratic in the digits, so an oversized one is refused first
+            limit = _decimal_bytes(t)
+            L(f"{ind}if {e} - p > {limit}:")
+            L(f"{ind}    raise _big({e} - p, {limit})")
+            L(f"{ind}{out} = _D(_fb(d[p:{e}], 'big', signed=True)).scaleb({-int(t.get('scale', 0))}, _ctx)")
+        else:
+            L(f"{ind}{out} = d[p:{e}]")
+        L(f"{ind}p = {e}")
+
+    def emit_array(self, t: Any, out: str, ind: str, ns: str) -> None:
+        """An array's blocks; a count larger than the bytes that remain is refused."""
+        L = self.lines.append
+        x = self.var("x")
+        L(f"{ind}{out} = []")
+        L(f"{ind}while True:")
+        z = self.varint(ind + "    ")
+        n = self.var("n")
+        L(f"{ind}    {n} = ({z} >> 1) ^ -({z} & 1)")
+        L(f"{ind}    if not {n}:")
+        L(f"{ind}        break")
+        L(f"{ind}    if {n} < 0:")
+        L(f"{ind}        {n} = -{n}")
+        self.varint(ind + "        ")  # block size in bytes, unused
+        # every item takes at least one byte (checked at compile time): a count larger than
+        # what remains is a lie, refused before anything is allocated for it
+        if _min_size(t["items"], self._names, ns) < 1:
+            raise CodecError("arrays of zero-width items are not supported", type=str(t["items"])[:80])
+        L(f"{ind}    if {n} > len(d) - p:")
+        L(f"{ind}        raise _count({n}, len(d) - p)")
+        L(f"{ind}    for _ in range({n}):")
+        self.emit(t["items"], x, ind + "        ", ns)
+        L(f"{ind}        {out}.append({x})")
 
     def emit_union(self, branches: list[Any], out: str, ind: str, ns: str) -> None:
         L = self.lines.append

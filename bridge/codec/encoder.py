@@ -167,20 +167,7 @@ class _Gen:
         elif kind == "boolean":
             L(f"{ind}b += b'\\x01' if {v} else b'\\x00'")
         elif kind in ("int", "long"):
-            z = self.var("z")
-            bits = 64 if kind == "long" else 32
-            L(f"{ind}{z} = ({v} << 1) ^ ({v} >> {bits - 1})")
-            # Unrolled: 14 bits per table lookup, no call for values below 2**42 (timestamps).
-            for level in range(_UNROLL):
-                # a value that still has more bits than the type allows falls through to `_tail`
-                limit = min(_TABLE_SIZE, 1 << max(0, bits - 14 * level))
-                L(f"{ind}if {z} < {limit}:")
-                L(f"{ind}    b += T[{z}]")
-                L(f"{ind}else:")
-                ind += "    "
-                L(f"{ind}b += C[{z} & 16383]")
-                L(f"{ind}{z} >>= 14")
-            L(f"{ind}b += _tail({z}, {bits - 14 * _UNROLL})")
+            self.emit_varint(64 if kind == "long" else 32, v, ind)
         elif kind == "float":
             L(f"{ind}b += _pf({v})")
         elif kind == "double":
@@ -202,7 +189,34 @@ class _Gen:
             L(f"{ind}b += {table}[{v}]")
         elif kind == "fixed":
             L(f"{ind}b += {v}")
-        elif kind == "array":
+        elif kind in ("array", "map"):
+            self.emit_container(t, kind, v, ind, ns)
+        elif kind in ("record", "error"):
+            self.emit_record(t, v, ind, ns)
+        else:
+            raise CodecError("unsupported Avro type", type=str(kind))
+
+    def emit_varint(self, bits: int, v: str, ind: str) -> None:
+        """Zig-zag varint of an int (32 bits) or long (64 bits)."""
+        L = self.lines.append
+        z = self.var("z")
+        L(f"{ind}{z} = ({v} << 1) ^ ({v} >> {bits - 1})")
+        # Unrolled: 14 bits per table lookup, no call for values below 2**42 (timestamps).
+        for level in range(_UNROLL):
+            # a value that still has more bits than the type allows falls through to `_tail`
+            limit = min(_TABLE_SIZE, 1 << max(0, bits - 14 * level))
+            L(f"{ind}if {z} < {limit}:")
+            L(f"{ind}    b += T[{z}]")
+            L(f"{ind}else:")
+            ind += "    "
+            L(f"{ind}b += C[{z} & 16383]")
+            L(f"{ind}{z} >>= 14")
+        L(f"{ind}b += _tail({z}, {bits - 14 * _UNROLL})")
+
+    def emit_container(self, t: Any, kind: str, v: str, ind: str, ns: str) -> None:
+        """An array or a map: one block of all items, then the end marker."""
+        L = self.lines.append
+        if kind == "array":
             n, x = self.var("n"), self.var("x")
             L(f"{ind}if {v}:")
             L(f"{ind}    {n} = len({v}) << 1")
@@ -210,7 +224,7 @@ class _Gen:
             L(f"{ind}    for {x} in {v}:")
             self.emit(t["items"], x, ind + "        ", ns)
             L(f"{ind}b += b'\\x00'")
-        elif kind == "map":
+        else:
             n, k, x = self.var("n"), self.var("k"), self.var("x")
             L(f"{ind}if {v}:")
             L(f"{ind}    {n} = len({v}) << 1")
@@ -219,22 +233,23 @@ class _Gen:
             self.emit("string", k, ind + "        ", ns)
             self.emit(t["values"], x, ind + "        ", ns)
             L(f"{ind}b += b'\\x00'")
-        elif kind in ("record", "error"):
-            fields = t["fields"]
-            names = [self.var("f") for _ in fields]
-            if len(names) == 1:
-                L(f"{ind}{names[0]}, = {v}")
-            elif names:
-                L(f"{ind}{', '.join(names)} = {v}")
-            for f, name in zip(fields, names, strict=True):
-                length = f.get("pg.length")
-                if length and f.get("pg.base") in ("varchar", "bpchar") and not f.get("pg.ndims"):
-                    # varchar(n) / char(n): a longer value means a widening the lines did not show
-                    L(f"{ind}if {name} is not None and len({name}) > {int(length)}:")
-                    L(f"{ind}    raise _long({f.get('pg.name', f['name'])!r}, {int(length)}, {name})")
-                self.emit(f["type"], name, ind, ns)
-        else:
-            raise CodecError("unsupported Avro type", type=str(kind))
+
+    def emit_record(self, t: Any, v: str, ind: str, ns: str) -> None:
+        """A record's fields in order, with the varchar(n)/char(n) length checks."""
+        L = self.lines.append
+        fields = t["fields"]
+        names = [self.var("f") for _ in fields]
+        if len(names) == 1:
+            L(f"{ind}{names[0]}, = {v}")
+        elif names:
+            L(f"{ind}{', '.join(names)} = {v}")
+        for f, name in zip(fields, names, strict=True):
+            length = f.get("pg.length")
+            if length and f.get("pg.base") in ("varchar", "bpchar") and not f.get("pg.ndims"):
+                # varchar(n) / char(n): a longer value means a widening the lines did not show
+                L(f"{ind}if {name} is not None and len({name}) > {int(length)}:")
+                L(f"{ind}    raise _long({f.get('pg.name', f['name'])!r}, {int(length)}, {name})")
+            self.emit(f["type"], name, ind, ns)
 
     def emit_bytes(self, s: str, ind: str) -> None:
         n = self.var("n")
