@@ -81,10 +81,10 @@ def _producer_status(cfg: Config, topics: dict[str, int]) -> dict[str, Any]:
 
 def _acked(cfg: Config) -> dict[str, str]:
     """The sink's last ack per data partition, from `<prefix>._acks`."""
-    from bridge.signing import Signer
+    from bridge.app import signer
 
-    signer = Signer(cfg.kafka.signing_secret) if cfg.kafka.signing_secret else None
-    reader = AckReader(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, dict(cfg.kafka.config), signer=signer)
+    reader = AckReader(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, dict(cfg.kafka.config),
+                       signer=signer(cfg))
     acked: dict[str, str] = {}
     try:
         for ack in reader.read_to_end(timeout=10):

@@ -228,32 +228,21 @@ class TopicSchemaStore:
         return schema, framing.SINGLE_OBJECT_HEADER
 
     def _read_topic(self) -> None:
-        """Read `<prefix>._schemas` from where the last read stopped to its current end."""
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+        """Read `<prefix>._schemas` from where the last read stopped to its current end.
+        Raises `StoreUnavailableError` when the topic cannot be read in time."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-        # Read to each partition's end-of-partition event rather than to its high watermark: some
-        # brokers (Tansu) report the last *batch's* base offset + 1 as the high watermark.
+        from bridge.kafka.reading import read_to_end
+
         consumer = Consumer({**self._conf, "group.id": f"bridge-schemas-{uuid.uuid4()}", "enable.auto.commit": False,
                              "enable.partition.eof": True, "fetch.queue.backoff.ms": 10})
         try:
             meta = consumer.list_topics(self.topic, timeout=self._timeout).topics.get(self.topic)
             if meta is None or meta.error is not None or not meta.partitions:
                 return
-            pending = set(meta.partitions)
-            consumer.assign([TopicPartition(self.topic, p, self._offsets.get(p, OFFSET_BEGINNING)) for p in pending])
-            deadline = time.monotonic() + self._timeout
-            while pending:
-                if time.monotonic() > deadline:
-                    raise StoreUnavailableError("timed out reading the schema topic", topic=self.topic)
-                msg = consumer.poll(0.5)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
-                        continue
-                    raise StoreUnavailableError(f"cannot read the schema topic: {err}", topic=self.topic)
+            assign = [TopicPartition(self.topic, p, self._offsets.get(p, OFFSET_BEGINNING)) for p in meta.partitions]
+            for msg in read_to_end(consumer, assign, time.monotonic() + self._timeout, "reading the schema topic",
+                                   error=StoreUnavailableError):
                 part, off = msg.partition(), msg.offset()
                 if part is None or off is None:
                     continue

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from bridge import failures
-from bridge.errors import ProduceError
+from bridge.errors import BridgeError, ProduceError
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,13 @@ def watermarks(consumer: Consumer, topic: str, partition: int, deadline: float) 
             time.sleep(0.2)
 
 
-def read_to_end(consumer: Consumer, assign: list[TopicPartition], deadline: float, what: str) -> Iterator[Message]:
+def read_to_end(consumer: Consumer, assign: list[TopicPartition], deadline: float, what: str,
+                error: Callable[..., BridgeError] = ProduceError) -> Iterator[Message]:
     """The records of `assign` (topic, partition, start offset) up to each partition's end, as
-    its end-of-partition event tells (the consumer needs `enable.partition.eof`; high watermarks
-    are not trusted, see `tails_with_kind`). Unassigns when done. Raises `ProduceError` naming
-    `what` on a consumer error or when `deadline` passes."""
+    its end-of-partition event tells (the consumer needs `enable.partition.eof`): high watermarks
+    are not trusted, as some brokers (Tansu) report the last *batch's* base offset + 1 there.
+    Unassigns when done. Raises `error` (`ProduceError` unless given) naming `what` on a
+    consumer error or when `deadline` passes."""
     if not assign:
         return
     topic = assign[0].topic
@@ -45,14 +47,14 @@ def read_to_end(consumer: Consumer, assign: list[TopicPartition], deadline: floa
     try:
         while pending:
             if time.monotonic() > deadline:
-                raise ProduceError(f"timed out {what}", topic=topic, partitions=sorted(pending))
+                raise error(f"timed out {what}", topic=topic, partitions=sorted(pending))
             for msg in consumer.consume(10_000, 1.0):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
                         pending.discard(msg.partition() or 0)
                         continue
-                    raise ProduceError(f"{what}: {err}", topic=topic, partition=msg.partition())
+                    raise error(f"{what}: {err}", topic=topic, partition=msg.partition())
                 yield msg
     finally:
         consumer.unassign()
