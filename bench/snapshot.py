@@ -6,7 +6,7 @@ PostgreSQL's own `COPY (SELECT …) TO STDOUT` of the same table in the same run
 Starts its own throwaway PostgreSQL and broker, fills `public.orders` with the insert mix, then:
 - COPY: `COPY (SELECT * FROM public.orders) TO STDOUT` read through psycopg 3 (text format,
   every byte pulled into Python), the ceiling for reading the table at all;
-- snapshot: the producer's own wiring (`cli.build_producer`, slot created with EXPORT_SNAPSHOT,
+- snapshot: the producer's own wiring (`app.build_producer`, slot created with EXPORT_SNAPSHOT,
   `source.snapshot: initial`), timed around `ChangeProducer.run_snapshot` alone: keyset chunks,
   conversion, Avro encoding, produce, and each chunk's delivery (progress is saved per chunk).
 Each measurement is the median of `--repeat` runs (a fresh slot and topic prefix per run).
@@ -74,7 +74,7 @@ def count_records(bootstrap: str, topic: str) -> int:
 
 def snapshot_rate(dsn: str, bootstrap: str, chunk_rows: int, workdir: Path) -> tuple[int, float]:
     """(rows, seconds) of the producer's initial snapshot of every table in `dsn`."""
-    from bridge.cli import build_producer
+    from bridge.app import build_producer
     from bridge.config import load_config
     from bridge.source.slot import SlotManager
 

@@ -1,4 +1,5 @@
-"""`pgbridge` — the one command line. The only place that wires services together.
+"""`pgbridge` — the one command line: parses, configures logging, runs a command. The services
+are built by `bridge.app`.
 
 Exit codes: 0 ok, 2 bad config or usage, 1 anything else.
 """
@@ -59,308 +60,28 @@ def _stop_event() -> threading.Event:
     return _STOP[0] if _STOP else _install_stop_handlers()
 
 
-def _kafka_extra(cfg: Config) -> dict[str, Any]:
-    """`kafka.config` for every client, with librdkafka's own log lines routed into Python logging
-    (so they come out as JSON lines with the rest, at their level)."""
-    return {**cfg.kafka.config, "logger": logging.getLogger("bridge.kafka")}
-
-
-def _signer(cfg: Config) -> Any:
-    """The record signer when `kafka.signing_secret` is set, else None."""
-    from bridge.signing import Signer
-
-    return Signer(cfg.kafka.signing_secret) if cfg.kafka.signing_secret else None
-
-
-def _probe_broker(cfg: Config) -> None:
-    """At start: a broker answers with these settings within `kafka.connect_timeout_s`, or
-    `BrokerUnreachableError` names the security settings and the likely cause (exit 1)."""
-    from bridge.brokercheck import probe
-
-    probe(cfg.kafka.client_config(), cfg.kafka.connect_timeout_s)
-
-
-def _schema_store(cfg: Config) -> Any:
-    from bridge.codec import RegistrySchemaStore, TopicSchemaStore
-
-    if cfg.kafka.schema_registry_url:
-        return RegistrySchemaStore(cfg.kafka.schema_registry_url)
-    return TopicSchemaStore(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, _kafka_extra(cfg),
-                            signer=_signer(cfg))
-
-
-def _health(cfg: Config) -> Any:
-    from bridge.health import HealthServer
-
-    return HealthServer(cfg.metrics.host, cfg.metrics.port).start()
-
-
-def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
-    """The producer and its collaborators; returns (producer, close). With `capture: sql` it first
-    takes the slot's producer lock (`SlotLock`): a second producer on the slot stops here."""
-    from bridge.source.slot import SlotLock
-
-    cfg.require("source", "kafka")
-    _probe_broker(cfg)
-    lock: SlotLock | None = None
-    if cfg.source.capture == "sql":
-        lock = SlotLock(cfg.source.conninfo(), cfg.source.slot)
-        lock.hold()
-    try:
-        return _build_producer(cfg, lock)
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-
-
-def _build_producer(cfg: Config, lock: Any) -> tuple[Any, Callable[[], None]]:
-    from confluent_kafka import Producer
-
-    from bridge.ack.channel import AckReader
-    from bridge.ack.watermark import Ledger
-    from bridge.codec import TableCodec
-    from bridge.lsn import Lsn
-    from bridge.produce.producer import ChangeProducer, ProducerSettings, TableFilter, kafka_producer_config
-    from bridge.produce.topics import TailReader, TopicManager
-    from bridge.produce.transactions import TransactionAssembler
-    from bridge.relation import Relation
-    from bridge.source.capture import SqlCapture, StreamCapture
-    from bridge.source.catalog import Catalog
-    from bridge.source.decoder import ChangeDecoder, KeyWatch
-    from bridge.source.slot import SlotManager, emit_heartbeat, sql_connect
-
-    src = cfg.source
-    dsn = src.conninfo()
-    slots = SlotManager(dsn, src.slot)
-    slots.check_or_raise()
-    exported: tuple[Any, str, Lsn] | None = None
-    if slots.status() is None and src.snapshot == "initial":
-        exported = slots.create_exporting_snapshot()
-    status = slots.ensure()
-    start = status.confirmed_flush_lsn or Lsn(0)
-    log.info("slot %s at %s", src.slot, start, extra={"slot": src.slot, "position": str(start)})
-
-    def open_source() -> Any:
-        if src.capture == "sql":
-            return SqlCapture(dsn, src.slot, batch_changes=src.sql_batch_changes,
-                              guard=lock.hold if lock is not None else None)
-        return StreamCapture(dsn, src.slot, status_interval_s=src.status_interval_s)
-
-    catalog_conn = sql_connect(dsn, src.slot)
-    catalog = Catalog(catalog_conn, reconnect=lambda: sql_connect(dsn, src.slot))
-    decoder = ChangeDecoder(catalog)
-    store = _schema_store(cfg)
-    db = catalog_conn.info.dbname
-    codecs: dict[tuple[str, str, int], Any] = {}
-
-    def codec_for(rel: Relation) -> Any:
-        key = (rel.schema, rel.table, rel.version)
-        c = codecs.get(key)
-        if c is None:
-            c = codecs[key] = TableCodec(rel, store, db=db, topic_prefix=cfg.kafka.topic_prefix)
-        return c
-
-    extra = _kafka_extra(cfg)
-    producer = Producer(kafka_producer_config(cfg.kafka.bootstrap_servers, extra))
-    topics = TopicManager(cfg.kafka.bootstrap_servers, partitions=cfg.kafka.partitions,
-                          replication_factor=cfg.kafka.replication_factor, extra=extra)
-    tails = TailReader(cfg.kafka.bootstrap_servers, extra)
-    acks = None
-    if cfg.ack == "sink":
-        from bridge.ack.channel import acks_topic
-
-        topics.ensure(acks_topic(cfg.kafka.topic_prefix), partitions=1, compact=True)
-        acks = AckReader(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, extra, signer=_signer(cfg))
-    heartbeat_conn: list[Any] = [None]
-
-    def heartbeat() -> None:
-        try:
-            if heartbeat_conn[0] is None or heartbeat_conn[0].closed:
-                heartbeat_conn[0] = sql_connect(dsn, src.slot)
-            emit_heartbeat(heartbeat_conn[0])
-        except BridgeError as exc:
-            heartbeat_conn[0] = None
-            log.warning("heartbeat failed: %s", exc, extra={"slot": src.slot})
-
-    cp = ChangeProducer(
-        open_source=open_source, decoder=decoder, relation_of=catalog.relation, codec_for=codec_for,
-        producer=producer, topics=topics, tails=tails, ledger=Ledger(cfg.ack, start), acks=acks,
-        include=TableFilter(src.tables, src.exclude),
-        settings=ProducerSettings(topic_prefix=cfg.kafka.topic_prefix, db=db, tombstones=cfg.kafka.tombstones,
-                                  heartbeat_interval_s=src.heartbeat_interval_s,
-                                  confirm_idle=src.capture == "stream",
-                                  message_max_bytes=_message_max_bytes(cfg)),
-        heartbeat=heartbeat, assembler=TransactionAssembler(src.spill_bytes), slot=src.slot,
-        key_watch=KeyWatch(catalog, decoder), signer=_signer(cfg))
-    cp.snapshot = _snapshot_plan(cfg, dsn, start, exported, producer, include=cp.include)
-    from bridge.produce.resnapshot import Resnapshotter
-
-    cp.resnapshot = resnapshot = Resnapshotter(lambda: sql_connect(dsn, src.slot), catalog.relation, cp.include)
-
-    def close() -> None:
-        closers = (tails.close, catalog.close, resnapshot.close, acks.close if acks else None,
-                   exported[0].close if exported else None, lock.release if lock else None)
-        for closer in closers:
-            if closer is not None:
-                try:
-                    closer()
-                except Exception:
-                    pass
-
-    return cp, close
-
-
-def _message_max_bytes(cfg: Config) -> int:
-    """The producer's record size limit: `kafka.config."message.max.bytes"`, else librdkafka's
-    default (1,000,000)."""
-    try:
-        return int(cfg.kafka.config.get("message.max.bytes", 1_000_000))
-    except (TypeError, ValueError):
-        return 1_000_000
-
-
-def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, Any] | None, producer: Any,
-                   include: Any) -> Any:
-    """The snapshot to run before streaming: a new one when the slot was just created with an
-    exported snapshot, the rest of an interrupted one, or None."""
-    from bridge.produce.producer import SnapshotPlan
-    from bridge.produce.snapshot_state import SnapshotStateStore, snapshot_topic
-    from bridge.produce.topics import TopicManager
-    from bridge.source.slot import sql_connect
-    from bridge.source.snapshot import SnapshotState, list_tables
-
-    extra = _kafka_extra(cfg)
-    TopicManager(cfg.kafka.bootstrap_servers, partitions=1, replication_factor=cfg.kafka.replication_factor,
-                 extra=extra).ensure(snapshot_topic(cfg.kafka.topic_prefix), partitions=1, compact=True)
-    store = SnapshotStateStore(producer, cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, extra)
-    conn = sql_connect(dsn, cfg.source.slot, autocommit=True)
-    if exported is not None:
-        repl_conn, name, cp = exported
-        state = SnapshotState.of_tables(cp.value, list_tables(conn, include))
-        store.save(state)
-        return SnapshotPlan(state, conn, name, store.save, repl_conn.close,
-                            chunk_rows=cfg.source.snapshot_chunk_rows)
-    loaded = store.load()
-    if loaded is None or loaded.done:
-        conn.close()
-        return None
-    if loaded.consistent_point != start.value:
-        log.warning("snapshot state is for consistent point %s but the slot is at %s: not resuming it",
-                    loaded.consistent_point, start)
-        conn.close()
-        return None
-    log.info("resuming the snapshot: %d of %d tables left", sum(not t.done for t in loaded.tables.values()),
-             len(loaded.tables))
-    from bridge.produce.snapshot_state import delivered_after
-
-    def delivered(topic: str, partitions: int, cp: int, from_seq: int, scan: int) -> tuple[set[bytes], int]:
-        return delivered_after(cfg.kafka.bootstrap_servers, extra, topic, partitions, cp, from_seq, scan)
-
-    return SnapshotPlan(loaded, conn, None, store.save, lambda: None, delivered=delivered,
-                        chunk_rows=cfg.source.snapshot_chunk_rows)
-
-
-def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
-    from confluent_kafka import Consumer, Producer
-
-    from bridge.ack.channel import AckPublisher, acks_topic
-    from bridge.codec import EnvelopeDecoder
-    from bridge.produce.topics import TopicManager
-    from bridge.sink.admit import Admission
-    from bridge.sink.apply import Applier
-    from bridge.sink.deadletter import DeadLetters
-    from bridge.sink.loop import SinkLoop, SinkSettings, kafka_consumer_config
-
-    cfg.require("sink", "kafka")
-    _probe_broker(cfg)
-    extra = _kafka_extra(cfg)
-    topics = TopicManager(cfg.kafka.bootstrap_servers, partitions=1,
-                          replication_factor=cfg.kafka.replication_factor, extra=extra)
-    topics.ensure(acks_topic(cfg.kafka.topic_prefix), partitions=1, compact=True)
-    topics.ensure(cfg.sink.dead_letter_topic, partitions=1)
-    consumer = Consumer(kafka_consumer_config(cfg.kafka.bootstrap_servers, cfg.sink.group_id, extra))
-    side = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "enable.idempotence": True,
-                     "acks": "all", "linger.ms": 5, **extra})
-    decoder = EnvelopeDecoder(_schema_store(cfg), topic_prefix=cfg.kafka.topic_prefix)
-    applier = Applier(cfg.sink.conninfo(), state_schema=cfg.sink.state_schema)
-    loop = SinkLoop(
-        consumer=consumer, decode=decoder.decode,
-        applier=applier, acks=AckPublisher(side, cfg.kafka.topic_prefix, _signer(cfg)),
-        dead_letters=DeadLetters(side, cfg.sink.dead_letter_topic),
-        settings=SinkSettings(topic_prefix=cfg.kafka.topic_prefix, group_id=cfg.sink.group_id,
-                              batch_max_rows=cfg.sink.batch_max_rows, batch_max_bytes=cfg.sink.batch_max_bytes,
-                              batch_max_ms=cfg.sink.batch_max_ms),
-        admission=Admission(cfg.kafka.topic_prefix, cfg.sink.state_schema, cfg.sink.tables),
-        signer=_signer(cfg))
-
-    def close() -> None:
-        try:
-            applier.close()
-        except Exception:
-            pass
-
-    return loop, close
-
-
 # -- commands ---------------------------------------------------------------------------------
-
-
-def _readiness(cfg: Config, component: str) -> dict[str, Any]:
-    """Readiness probes (each in its own thread, cached): PostgreSQL and the broker reachable,
-    and for the producer the slot held by this process's capture."""
-    import psycopg
-    from confluent_kafka.admin import AdminClient
-
-    from bridge.health import PeriodicCheck
-
-    admin = AdminClient({**cfg.kafka.client_config(), "log_level": 0})
-
-    def broker() -> bool:
-        return bool(admin.list_topics(timeout=5).brokers)
-
-    dsn = cfg.source.conninfo() if component == "producer" else cfg.sink.conninfo()
-
-    def postgres() -> bool:
-        with psycopg.connect(dsn, connect_timeout=5) as conn:
-            if component != "producer":
-                return conn.execute("SELECT true").fetchone() == (True,)
-            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
-                               (cfg.source.slot,)).fetchone()
-            return row is not None and bool(row[0])
-
-    name = "source_slot_held" if component == "producer" else "target_reachable"
-    return {"broker_reachable": PeriodicCheck(broker, 5.0, "broker"), name: PeriodicCheck(postgres, 5.0, name)}
-
-
-def _slot_watcher(cfg: Config) -> Any:
-    """The producer's slot watcher: slot metrics (confirmed LSN, retained WAL, wal_status) and
-    retained-WAL warnings, polled from the producer loop every few seconds."""
-    from bridge.produce.slotwatch import SlotWatcher
-    from bridge.source.slot import SlotManager
-
-    return SlotWatcher(SlotManager(cfg.source.conninfo(), cfg.source.slot),
-                       interval_s=min(cfg.source.status_interval_s, 5.0),
-                       warn_bytes=cfg.monitor.retained_wal_warn_bytes)
 
 
 def _serve(args: argparse.Namespace, component: str, build: Callable[[Config], tuple[Any, Callable[[], None]]]
            ) -> int:
     """Run one loop (producer or sink) until SIGTERM, with /healthz and /readyz wired to it."""
+    from bridge import app
     from bridge.health import Heartbeat
 
     cfg = _config(args)
     stop = _stop_event()
-    health = _health(cfg)
-    service, close = _build_waiting(cfg, build, stop)
+    health = app.health_server(cfg)
+    dsn = cfg.source.conninfo if component == "producer" else cfg.sink.conninfo
+    service, close = app.build_waiting(cfg, build, stop, dsn)
     beat = Heartbeat()
     health.register_liveness(f"{component}_loop", beat.check(60.0))
     health.register_readiness(f"{component}_loop", beat.check(30.0))
-    probes = _readiness(cfg, component)
+    probes = app.readiness(cfg, component)
     for name, probe in probes.items():
         health.register_readiness(name, probe)
     step = service.step
-    watch = _slot_watcher(cfg) if component == "producer" else None
+    watch = app.slot_watcher(cfg) if component == "producer" else None
 
     def ticking() -> None:
         beat.beat()
@@ -383,34 +104,15 @@ def _serve(args: argparse.Namespace, component: str, build: Callable[[Config], t
     return 0
 
 
-_TRANSIENT_CONNECT = ("Connection refused", "the database system is", "timeout expired",
-                      "server closed the connection", "could not receive data")
-
-
-def _build_waiting(cfg: Config, build: Callable[[Config], tuple[Any, Callable[[], None]]], stop: threading.Event,
-                   wait_s: float = 120.0) -> tuple[Any, Callable[[], None]]:
-    """`build(cfg)`, waiting up to `wait_s` while PostgreSQL cannot be reached (a restart in
-    progress). Every other error — wrong settings, missing privileges — is raised at once."""
-    from bridge.retry import retry_while
-
-    return retry_while(lambda: build(cfg), _unreachable, stop, "PostgreSQL (at start)", wait_s=wait_s)
-
-
-def _unreachable(exc: BaseException) -> bool:
-    """A connect failure from a PostgreSQL that is restarting. libpq reports those without a
-    SQLSTATE, so a restart is told from a mistake by the message's text."""
-    import psycopg
-
-    cause = exc.__cause__
-    return (isinstance(exc, BridgeError) and isinstance(cause, psycopg.OperationalError)
-            and any(m in str(cause) for m in _TRANSIENT_CONNECT))
-
-
 def cmd_produce(args: argparse.Namespace) -> int:
+    from bridge.app import build_producer
+
     return _serve(args, "producer", build_producer)
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
+    from bridge.app import build_sink
+
     return _serve(args, "sink", build_sink)
 
 

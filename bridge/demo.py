@@ -22,8 +22,10 @@ from typing import Any
 import psycopg
 
 from bridge import metrics
+from bridge.app import build_producer, build_sink
 from bridge.config import load_config
 from bridge.health import HealthServer
+from bridge.kafka.clients import LIBRDKAFKA_LOGGER
 
 log = logging.getLogger(__name__)
 
@@ -131,20 +133,18 @@ def run_demo(seconds: float = 30.0, metrics_port: int = 9187, broker_kind: str =
              out: Any = sys.stdout, registry: bool = False) -> int:
     """Run the demo; `registry` adds a local Apicurio Registry (installed on first use by
     tools/install-apicurio.sh) as `kafka.schema_registry_url`. Returns the exit code."""
-    from bridge.cli import build_producer, build_sink
     from bridge.local.brokers import BROKERS
     from bridge.local.postgres import LocalPostgres
     from bridge.local.registry import LocalRegistry
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("bridge.kafka").setLevel(logging.CRITICAL)  # clients outliving the broker at exit
+    logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.CRITICAL)  # clients outliving the broker at exit
     print(f"starting PostgreSQL and {broker_kind} …", file=out, flush=True)
     pg = LocalPostgres().start()
     broker = BROKERS[broker_kind]().start()
     reg: LocalRegistry | None = None
     health: HealthServer | None = None
     stop_all = threading.Event()
-    threads: list[threading.Thread] = []
     try:
         kafka: dict[str, Any] = {"bootstrap_servers": broker.bootstrap, "topic_prefix": "demo", "partitions": 3}
         if registry:
@@ -154,89 +154,20 @@ def run_demo(seconds: float = 30.0, metrics_port: int = 9187, broker_kind: str =
         source, target = pg.create_database("demo_src"), pg.create_database("demo_dst")
         with psycopg.connect(source, autocommit=True) as conn:
             conn.execute(DDL)
-        tmp = Path(tempfile.mkdtemp(prefix="bridge-demo-"))
-        cfg_path = tmp / "bridge.yaml"
-        cfg_path.write_text(json.dumps({
-            "source": {"dsn": source, "slot": "demo", "snapshot": "never", "heartbeat_interval_s": 2},
-            "kafka": kafka,
-            "sink": {"dsn": target, "group_id": "demo-sink", "batch_max_ms": 100},
-            "metrics": {"port": metrics_port, "host": "127.0.0.1"},
-        }, indent=2))
-        cfg = load_config(str(cfg_path))
+        cfg_path = _write_config(source, target, kafka, metrics_port)
         health = HealthServer("127.0.0.1", metrics_port).start()
-        producer, close_p = build_producer(cfg)
-        sink, close_s = build_sink(cfg)
-        errors: list[BaseException] = []
-
-        def guarded(fn: Any) -> Any:
-            def run() -> None:
-                try:
-                    fn(stop_all)
-                except BaseException as exc:
-                    errors.append(exc)
-                    stop_all.set()
-            return run
-
-        stop_load = threading.Event()
-        load = Workload(source, rate=rate)
-        for fn in (producer.run, sink.run):
-            threads.append(threading.Thread(target=guarded(fn), daemon=True))
-        load_thread = threading.Thread(target=guarded(lambda _s: load.run(stop_load)), daemon=True)
-        for t in [*threads, load_thread]:
-            t.start()
+        run = _DemoRun(load_config(str(cfg_path)), source, target, rate, stop_all, out)
         if reg is not None:
             print(f"schema registry: {reg.url} (subjects: {reg.url}/subjects)", file=out, flush=True)
         print(f"config: {cfg_path}\nmetrics: http://127.0.0.1:{health.port}/metrics\n"
               f"workload: ~{rate} changes/s for {seconds:.0f} s (Ctrl-C stops early)\n", file=out, flush=True)
-        started = time.monotonic()
-        last = (started, 0, 0)
-        try:
-            while time.monotonic() - started < seconds and not stop_all.is_set():
-                time.sleep(1.0)
-                now = time.monotonic()
-                made, applied = producer.produced, sink.applied_rows
-                print(f"{now - started:5.0f}s  written {load.changes:>8,}  produced {made:>8,} "
-                      f"({(made - last[1]) / (now - last[0]):>7,.0f}/s)  applied {applied:>8,} "
-                      f"({(applied - last[2]) / (now - last[0]):>7,.0f}/s)  in flight {producer.ledger.in_flight}",
-                      file=out, flush=True)
-                last = (now, made, applied)
-        except KeyboardInterrupt:
-            print("stopping the workload …", file=out)
-        stop_load.set()
-        load_thread.join(30)
-        wrote_for = time.monotonic() - started
-        print("workload stopped; waiting for the sink to catch up …", file=out, flush=True)
-        deadline = time.monotonic() + 120
-        ok = False
-        while time.monotonic() < deadline and not stop_all.is_set():
-            if _converged(source, target):
-                ok = True
-                break
-            time.sleep(0.5)
-        caught_up = time.monotonic() - started
-        stop_all.set()
-        for t in threads:
-            t.join(30)
-        close_p()
-        close_s()
-        if errors:
-            print(f"error: {errors[0]}", file=out)
-            return 1
-        p50, p99 = _quantile(metrics.END_TO_END_LAG, 0.5), _quantile(metrics.END_TO_END_LAG, 0.99)
-        counts = {t: _digest(target, t, c, o)[0] for t, (c, o) in TABLES.items()}
-        print("\nsummary", file=out)
-        print(f"  changes written   {load.changes:,} in {wrote_for:.1f} s", file=out)
-        print(f"  records produced  {producer.produced:,}; applied {sink.applied_rows:,} in {sink.batches:,} batches",
-              file=out)
-        print(f"  throughput        {load.changes / caught_up:,.0f} changes/s end to end (until caught up)",
-              file=out)
-        print(f"  latency           p50 <= {p50} s, p99 <= {p99} s (commit -> applied, per batch)", file=out)
-        print(f"  target rows       {counts}", file=out)
-        if reg is not None:
+        code = run.run(seconds)
+        if code != 2 and reg is not None:
             subjects = reg.request("GET", "/subjects")
             print(f"  registry subjects {len(subjects)} ({', '.join(sorted(subjects))})", file=out)
-        print(f"  target == source  {'yes' if ok else 'NO'}", file=out, flush=True)
-        return 0 if ok else 1
+        if code != 2:
+            print(f"  target == source  {'yes' if code == 0 else 'NO'}", file=out, flush=True)
+        return min(code, 1)
     finally:
         stop_all.set()
         if health is not None:
@@ -245,3 +176,101 @@ def run_demo(seconds: float = 30.0, metrics_port: int = 9187, broker_kind: str =
             reg.destroy()
         broker.destroy()
         pg.destroy()
+
+
+def _write_config(source: str, target: str, kafka: dict[str, Any], metrics_port: int) -> Path:
+    """The demo's bridge.yaml (JSON is YAML) in a fresh temporary directory."""
+    tmp = Path(tempfile.mkdtemp(prefix="bridge-demo-"))
+    cfg_path = tmp / "bridge.yaml"
+    cfg_path.write_text(json.dumps({
+        "source": {"dsn": source, "slot": "demo", "snapshot": "never", "heartbeat_interval_s": 2},
+        "kafka": kafka,
+        "sink": {"dsn": target, "group_id": "demo-sink", "batch_max_ms": 100},
+        "metrics": {"port": metrics_port, "host": "127.0.0.1"},
+    }, indent=2))
+    return cfg_path
+
+
+class _DemoRun:
+    """Producer, sink and workload in threads of this process, with live progress and a summary."""
+
+    def __init__(self, cfg: Any, source: str, target: str, rate: int, stop_all: threading.Event, out: Any) -> None:
+        self.producer, self.close_p = build_producer(cfg)
+        self.sink, self.close_s = build_sink(cfg)
+        self.source, self.target, self.rate, self.out = source, target, rate, out
+        self.stop_all = stop_all
+        self.stop_load = threading.Event()
+        self.load = Workload(source, rate=rate)
+        self.errors: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._guarded(fn), daemon=True)
+                        for fn in (self.producer.run, self.sink.run)]
+        self.load_thread = threading.Thread(target=self._guarded(lambda _s: self.load.run(self.stop_load)),
+                                            daemon=True)
+
+    def _guarded(self, fn: Any) -> Any:
+        def run() -> None:
+            try:
+                fn(self.stop_all)
+            except BaseException as exc:
+                self.errors.append(exc)
+                self.stop_all.set()
+        return run
+
+    def run(self, seconds: float) -> int:
+        """0: target equals source; 1: it does not; 2: a thread failed (the error is printed)."""
+        for t in [*self.threads, self.load_thread]:
+            t.start()
+        started = time.monotonic()
+        self._progress(started, seconds)
+        self.stop_load.set()
+        self.load_thread.join(30)
+        wrote_for = time.monotonic() - started
+        print("workload stopped; waiting for the sink to catch up …", file=self.out, flush=True)
+        ok = self._wait_converged(time.monotonic() + 120)
+        caught_up = time.monotonic() - started
+        self.stop_all.set()
+        for t in self.threads:
+            t.join(30)
+        self.close_p()
+        self.close_s()
+        if self.errors:
+            print(f"error: {self.errors[0]}", file=self.out)
+            return 2
+        self._summary(wrote_for, caught_up)
+        return 0 if ok else 1
+
+    def _progress(self, started: float, seconds: float) -> None:
+        out, producer, sink = self.out, self.producer, self.sink
+        last = (started, 0, 0)
+        try:
+            while time.monotonic() - started < seconds and not self.stop_all.is_set():
+                time.sleep(1.0)
+                now = time.monotonic()
+                made, applied = producer.produced, sink.applied_rows
+                print(f"{now - started:5.0f}s  written {self.load.changes:>8,}  produced {made:>8,} "
+                      f"({(made - last[1]) / (now - last[0]):>7,.0f}/s)  applied {applied:>8,} "
+                      f"({(applied - last[2]) / (now - last[0]):>7,.0f}/s)  in flight {producer.ledger.in_flight}",
+                      file=out, flush=True)
+                last = (now, made, applied)
+        except KeyboardInterrupt:
+            print("stopping the workload …", file=out)
+
+    def _wait_converged(self, deadline: float) -> bool:
+        while time.monotonic() < deadline and not self.stop_all.is_set():
+            if _converged(self.source, self.target):
+                return True
+            time.sleep(0.5)
+        return False
+
+    def _summary(self, wrote_for: float, caught_up: float) -> None:
+        out, load = self.out, self.load
+        p50, p99 = _quantile(metrics.END_TO_END_LAG, 0.5), _quantile(metrics.END_TO_END_LAG, 0.99)
+        counts = {t: _digest(self.target, t, c, o)[0] for t, (c, o) in TABLES.items()}
+        print("\nsummary", file=out)
+        print(f"  changes written   {load.changes:,} in {wrote_for:.1f} s", file=out)
+        print(f"  records produced  {self.producer.produced:,}; applied {self.sink.applied_rows:,} "
+              f"in {self.sink.batches:,} batches", file=out)
+        print(f"  throughput        {load.changes / caught_up:,.0f} changes/s end to end (until caught up)",
+              file=out)
+        print(f"  latency           p50 <= {p50} s, p99 <= {p99} s (commit -> applied, per batch)", file=out)
+        print(f"  target rows       {counts}", file=out)

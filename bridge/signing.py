@@ -18,7 +18,9 @@ import hashlib
 import hmac
 from typing import Any
 
-HEADER = "bridge.mac"
+from bridge.kafka.headers import HEADER_MAC, header_value
+
+HEADER = HEADER_MAC
 ANY_PARTITION = -1  # internal topics of one partition are signed without it
 _MAC_BYTES = 16
 
@@ -44,13 +46,3 @@ class Signer:
         """Whether `headers` (a confluent-kafka header list or dict) carry this record's signature."""
         given = header_value(headers, HEADER)
         return given is not None and hmac.compare_digest(given, self.mac(topic, partition, key, value))
-
-
-def header_value(headers: Any, name: str) -> bytes | None:
-    """The last value of header `name`, or None."""
-    items = headers.items() if isinstance(headers, dict) else (headers or ())
-    found: bytes | None = None
-    for k, v in items:
-        if k == name and v is not None:
-            found = bytes(v)
-    return found

@@ -15,8 +15,8 @@ from confluent_kafka.admin import AdminClient
 from bridge.ack.channel import AckReader
 from bridge.config import Config
 from bridge.errors import BridgeError
+from bridge.kafka.topics import data_topic_pattern
 from bridge.produce.topics import TailReader
-from bridge.sink.loop import data_topic_pattern
 
 
 def _data_topics(admin: AdminClient, prefix: str) -> dict[str, int]:
@@ -39,29 +39,33 @@ def collect_status(cfg: Config) -> dict[str, Any]:
         out["errors"].append(f"kafka: {exc}")
         return out
     out["producer"] = _producer_status(cfg, topics)
-    out["sink"] = _sink_status(cfg, topics)
+    lag = _consumer_lag(cfg, topics)
+    out["sink"] = {"group_id": cfg.sink.group_id, "acked": _acked(cfg), "consumer_lag": lag,
+                   "consumer_lag_total": sum(lag.values())}
     return out
 
 
 def _slot_status(cfg: Config, out: dict[str, Any]) -> None:
-    from bridge.source.slot import SlotManager, wal_lost_message
+    """`slot` and `watermark` from `pg_replication_slots`; a lost slot or a failure in `errors`."""
+    from bridge.source.slot import SlotManager
 
     try:
         st = SlotManager(cfg.source.conninfo(), cfg.source.slot).status()
+        if st is None:
+            out["slot"] = {"name": cfg.source.slot, "exists": False}
+        else:
+            out["slot"] = {**st.as_dict(), "exists": True}
+            out["watermark"] = str(st.confirmed_flush_lsn) if st.confirmed_flush_lsn else None
+            if st.wal_status == "lost":
+                from bridge.source.slot import wal_lost_message
+
+                out["errors"].append(f"source: {wal_lost_message(cfg.source.slot)}")
     except BridgeError as exc:
         out["errors"].append(f"source: {exc}")
-        return
-    if st is None:
-        out["slot"] = {"name": cfg.source.slot, "exists": False}
-        return
-    out["slot"] = {**st.as_dict(), "exists": True}
-    out["watermark"] = str(st.confirmed_flush_lsn) if st.confirmed_flush_lsn else None
-    if st.wal_status == "lost":
-        out["errors"].append(f"source: {wal_lost_message(cfg.source.slot)}")
 
 
 def _producer_status(cfg: Config, topics: dict[str, int]) -> dict[str, Any]:
-    """The last position produced to each data partition (the tails)."""
+    """The position of the last record of each data partition, and the highest of them."""
     tails = TailReader(cfg.kafka.bootstrap_servers, dict(cfg.kafka.config))
     produced: dict[str, str] = {}
     last = None
@@ -75,18 +79,23 @@ def _producer_status(cfg: Config, topics: dict[str, int]) -> dict[str, Any]:
     return {"last_produced": str(last) if last else None, "partitions": produced}
 
 
-def _sink_status(cfg: Config, topics: dict[str, int]) -> dict[str, Any]:
-    """The acked positions (ack channel) and the group's consumer lag per data partition."""
-    from bridge.signing import Signer
+def _acked(cfg: Config) -> dict[str, str]:
+    """The sink's last ack per data partition, from `<prefix>._acks`."""
+    from bridge.app import signer
 
-    signer = Signer(cfg.kafka.signing_secret) if cfg.kafka.signing_secret else None
-    reader = AckReader(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, dict(cfg.kafka.config), signer=signer)
+    reader = AckReader(cfg.kafka.bootstrap_servers, cfg.kafka.topic_prefix, dict(cfg.kafka.config),
+                       signer=signer(cfg))
     acked: dict[str, str] = {}
     try:
         for ack in reader.read_to_end(timeout=10):
             acked[f"{ack.topic}/{ack.partition}"] = str(ack.position)
     finally:
         reader.close()
+    return acked
+
+
+def _consumer_lag(cfg: Config, topics: dict[str, int]) -> dict[str, int]:
+    """Records not yet committed by the sink's group, per data partition."""
     lag: dict[str, int] = {}
     consumer = Consumer({**cfg.kafka.client_config(), "group.id": cfg.sink.group_id, "log_level": 0,
                          "enable.auto.commit": False})
@@ -99,8 +108,7 @@ def _sink_status(cfg: Config, topics: dict[str, int]) -> dict[str, Any]:
                 lag[f"{tp.topic}/{tp.partition}"] = max(0, hi - done)
     finally:
         consumer.close()
-    return {"group_id": cfg.sink.group_id, "acked": acked, "consumer_lag": lag,
-            "consumer_lag_total": sum(lag.values())}
+    return lag
 
 
 def format_status(st: dict[str, Any]) -> str:

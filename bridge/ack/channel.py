@@ -23,6 +23,7 @@ from bridge.codec.framing import fingerprint, single_object_prefix
 from bridge.codec.templates import ACK
 from bridge.errors import CodecError
 from bridge.events import Position
+from bridge.kafka.topics import acks_topic, reader_group
 from bridge.lsn import Lsn
 from bridge.signing import ANY_PARTITION, Signer
 
@@ -30,10 +31,6 @@ log = logging.getLogger(__name__)
 
 _PARSED = fastavro.parse_schema(ACK)
 _HEADER = single_object_prefix(fingerprint(ACK))
-
-
-def acks_topic(prefix: str) -> str:
-    return f"{prefix}._acks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +103,7 @@ class AckReader:
         self.topic = acks_topic(prefix)
         self._signer = signer
         self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"{prefix}._acks.reader",
+            "bootstrap.servers": bootstrap, "group.id": reader_group(self.topic),
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 50, "fetch.queue.backoff.ms": 10, **(extra or {})})
         self._assigned = False

@@ -14,12 +14,12 @@ from typing import Any
 
 from bridge.codec.decoder import _read_varint, compile_decoder
 from bridge.codec.encoder import VARINT, compile_writer, zigzag_long
-from bridge.codec.names import topic_name
 from bridge.codec.schemas import key_schema, row_record, value_schema
 from bridge.codec.store import Schema, SchemaStore
 from bridge.codec.validate import relation_from_schema
 from bridge.errors import CodecError, ModifierError, SchemaError
 from bridge.events import ChangeEvent, Op, Position, Row
+from bridge.kafka.topics import topic_name
 from bridge.lsn import Lsn
 from bridge.relation import Relation
 

@@ -157,7 +157,6 @@ class _Gen:
 
     # -- emitters -----------------------------------------------------------------------------
     def emit(self, t: Any, v: str, ind: str, ns: str) -> None:
-        """Append the lines that write the value `v` of type `t` to `b`."""
         t, ns = self.resolve(t, ns)
         L = self.lines.append
         kind = t if isinstance(t, str) else (t.get("type") if isinstance(t, dict) else "union")
@@ -168,31 +167,41 @@ class _Gen:
         elif kind == "boolean":
             L(f"{ind}b += b'\\x01' if {v} else b'\\x00'")
         elif kind in ("int", "long"):
-            self.emit_varint(v, 64 if kind == "long" else 32, ind)
+            self.emit_varint(64 if kind == "long" else 32, v, ind)
         elif kind == "float":
             L(f"{ind}b += _pf({v})")
         elif kind == "double":
             L(f"{ind}b += _pd({v})")
-        elif kind in ("string", "bytes"):
-            self.emit_blob(t, kind, v, ind)
+        elif kind == "string":
+            s = self.var("s")
+            L(f"{ind}{s} = {v}.encode()")
+            self.emit_bytes(s, ind)
+        elif kind == "bytes":
+            if isinstance(t, dict) and t.get("logicalType") == "decimal":
+                s = self.var("s")
+                limit = 10 ** int(t["precision"]) if t.get("precision") else 0
+                L(f"{ind}{s} = _dec({v}, {int(t.get('scale', 0))}, {limit})")
+                self.emit_bytes(s, ind)
+            else:
+                self.emit_bytes(v, ind)
         elif kind == "enum":
             table = self.const({sym: VARINT[i << 1] for i, sym in enumerate(t["symbols"])})
             L(f"{ind}b += {table}[{v}]")
         elif kind == "fixed":
             L(f"{ind}b += {v}")
         elif kind in ("array", "map"):
-            self.emit_blocks(t, kind, v, ind, ns)
+            self.emit_container(t, kind, v, ind, ns)
         elif kind in ("record", "error"):
             self.emit_record(t, v, ind, ns)
         else:
             raise CodecError("unsupported Avro type", type=str(kind))
 
-    def emit_varint(self, v: str, bits: int, ind: str) -> None:
-        """Zig-zag varint, unrolled: 14 bits per table lookup, no call for values below 2**42
-        (timestamps)."""
+    def emit_varint(self, bits: int, v: str, ind: str) -> None:
+        """Zig-zag varint of an int (32 bits) or long (64 bits)."""
         L = self.lines.append
         z = self.var("z")
         L(f"{ind}{z} = ({v} << 1) ^ ({v} >> {bits - 1})")
+        # Unrolled: 14 bits per table lookup, no call for values below 2**42 (timestamps).
         for level in range(_UNROLL):
             # a value that still has more bits than the type allows falls through to `_tail`
             limit = min(_TABLE_SIZE, 1 << max(0, bits - 14 * level))
@@ -204,38 +213,29 @@ class _Gen:
             L(f"{ind}{z} >>= 14")
         L(f"{ind}b += _tail({z}, {bits - 14 * _UNROLL})")
 
-    def emit_blob(self, t: Any, kind: str, v: str, ind: str) -> None:
-        """string (UTF-8), bytes, and decimal bytes (checked against the precision)."""
-        if kind == "string":
-            s = self.var("s")
-            self.lines.append(f"{ind}{s} = {v}.encode()")
-            self.emit_bytes(s, ind)
-        elif isinstance(t, dict) and t.get("logicalType") == "decimal":
-            s = self.var("s")
-            limit = 10 ** int(t["precision"]) if t.get("precision") else 0
-            self.lines.append(f"{ind}{s} = _dec({v}, {int(t.get('scale', 0))}, {limit})")
-            self.emit_bytes(s, ind)
-        else:
-            self.emit_bytes(v, ind)
-
-    def emit_blocks(self, t: Any, kind: str, v: str, ind: str, ns: str) -> None:
-        """An array or map: one block of all items (count, items), then the zero count."""
+    def emit_container(self, t: Any, kind: str, v: str, ind: str, ns: str) -> None:
+        """An array or a map: one block of all items, then the end marker."""
         L = self.lines.append
-        n, k, x = self.var("n"), self.var("k"), self.var("x")
-        L(f"{ind}if {v}:")
-        L(f"{ind}    {n} = len({v}) << 1")
-        L(f"{ind}    b += T[{n}] if {n} < {_TABLE_SIZE} else _bigl({n})")
         if kind == "array":
+            n, x = self.var("n"), self.var("x")
+            L(f"{ind}if {v}:")
+            L(f"{ind}    {n} = len({v}) << 1")
+            L(f"{ind}    b += T[{n}] if {n} < {_TABLE_SIZE} else _bigl({n})")
             L(f"{ind}    for {x} in {v}:")
             self.emit(t["items"], x, ind + "        ", ns)
+            L(f"{ind}b += b'\\x00'")
         else:
+            n, k, x = self.var("n"), self.var("k"), self.var("x")
+            L(f"{ind}if {v}:")
+            L(f"{ind}    {n} = len({v}) << 1")
+            L(f"{ind}    b += T[{n}] if {n} < {_TABLE_SIZE} else _bigl({n})")
             L(f"{ind}    for {k}, {x} in {v}.items():")
             self.emit("string", k, ind + "        ", ns)
             self.emit(t["values"], x, ind + "        ", ns)
-        L(f"{ind}b += b'\\x00'")
+            L(f"{ind}b += b'\\x00'")
 
     def emit_record(self, t: Any, v: str, ind: str, ns: str) -> None:
-        """The fields in order, from the tuple `v`; varchar(n)/char(n) lengths are checked."""
+        """A record's fields in order, with the varchar(n)/char(n) length checks."""
         L = self.lines.append
         fields = t["fields"]
         names = [self.var("f") for _ in fields]

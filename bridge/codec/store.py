@@ -2,7 +2,7 @@
 
 `TopicSchemaStore` (the default) uses Avro single-object encoding and a compacted topic
 `<prefix>._schemas` (key: the 8 fingerprint bytes; value: the schema's JSON text).
-`RegistrySchemaStore` uses a Confluent Schema Registry and its framing.
+`RegistrySchemaStore` (bridge/codec/registry.py) uses a Confluent Schema Registry and its framing.
 
 The Parsing Canonical Form drops logical types and properties, so `decimal(12,2)` and
 `decimal(14,4)`, or two primary keys, would share a fingerprint. `TopicSchemaStore` therefore
@@ -25,11 +25,9 @@ from typing import Any, Protocol
 from bridge.codec import framing
 from bridge.errors import (
     CodecError,
-    ConfigError,
-    RegistryUnavailableError,
-    SchemaRefusedError,
     StoreUnavailableError,
 )
+from bridge.kafka.topics import schemas_topic
 from bridge.signing import ANY_PARTITION, Signer
 
 log = logging.getLogger(__name__)
@@ -70,10 +68,6 @@ def json_depth_exceeds(text: bytes, limit: int) -> bool:
     return False
 
 
-_REGISTRY_TIMEOUT_S = 5  # seconds per schema registry request (the client's default: none); the client
-# tries 4 times, so a hung registry answers a call with an error after ~20 s
-
-
 class SchemaStore(Protocol):
     """Where schemas are published and found. Implementations are thread-safe."""
 
@@ -92,11 +86,11 @@ class SchemaStore(Protocol):
         ...
 
 
-def _json(schema: Schema) -> str:
+def schema_json(schema: Schema) -> str:
     return json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
 
-def _write_avsc(directory: str | Path, named: list[tuple[str, Schema]]) -> list[Path]:
+def write_avsc(directory: str | Path, named: list[tuple[str, Schema]]) -> list[Path]:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -107,7 +101,7 @@ def _write_avsc(directory: str | Path, named: list[tuple[str, Schema]]) -> list[
     return paths
 
 
-def _full_name(schema: Schema) -> str:
+def full_name(schema: Schema) -> str:
     ns, name = schema.get("namespace"), schema.get("name", "schema")
     return f"{ns}.{name}" if ns and "." not in name else str(name)
 
@@ -125,7 +119,7 @@ def published_form(schema: Schema) -> Schema:
     """`schema` with its record name suffixed by the CRC-32 of its full JSON (see module doc)."""
     if not isinstance(schema, dict) or "name" not in schema:
         return schema
-    digest = f"{zlib.crc32(_json(schema).encode()):08x}"
+    digest = f"{zlib.crc32(schema_json(schema).encode()):08x}"
     return {**schema, "name": f"{schema['name']}_{digest}"}
 
 
@@ -139,7 +133,7 @@ class TopicSchemaStore:
 
     def __init__(self, bootstrap: str, topic_prefix: str, kafka_config: dict[str, Any] | None = None, *,
                  timeout: float = 30.0, signer: Signer | None = None) -> None:
-        self.topic = f"{topic_prefix}._schemas"
+        self.topic = schemas_topic(topic_prefix)
         self._signer = signer
         self._conf: dict[str, Any] = {"bootstrap.servers": bootstrap, **(kafka_config or {})}
         self._timeout = timeout
@@ -155,7 +149,7 @@ class TopicSchemaStore:
     # -- publishing ---------------------------------------------------------------------------
     def register(self, schema: Schema, *, subject: str | None = None) -> bytes:
         """See `SchemaStore.register`. Raises `CodecError` if the broker does not take it."""
-        key = _json(schema)
+        key = schema_json(schema)
         header = self._registered.get(key)
         if header is not None:
             return header
@@ -170,7 +164,7 @@ class TopicSchemaStore:
                 self._publish(fp, published)
                 self._by_header[header] = published
             self._registered[key] = header
-            log.info("schema published topic=%s fingerprint=%s name=%s", self.topic, fp.hex(), _full_name(published))
+            log.info("schema published topic=%s fingerprint=%s name=%s", self.topic, fp.hex(), full_name(published))
             return header
 
     def _ensure_topic(self) -> None:
@@ -234,32 +228,21 @@ class TopicSchemaStore:
         return schema, framing.SINGLE_OBJECT_HEADER
 
     def _read_topic(self) -> None:
-        """Read `<prefix>._schemas` from where the last read stopped to its current end."""
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+        """Read `<prefix>._schemas` from where the last read stopped to its current end.
+        Raises `StoreUnavailableError` when the topic cannot be read in time."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-        # Read to each partition's end-of-partition event rather than to its high watermark: some
-        # brokers (Tansu) report the last *batch's* base offset + 1 as the high watermark.
+        from bridge.kafka.reading import read_to_end
+
         consumer = Consumer({**self._conf, "group.id": f"bridge-schemas-{uuid.uuid4()}", "enable.auto.commit": False,
                              "enable.partition.eof": True, "fetch.queue.backoff.ms": 10})
         try:
             meta = consumer.list_topics(self.topic, timeout=self._timeout).topics.get(self.topic)
             if meta is None or meta.error is not None or not meta.partitions:
                 return
-            pending = set(meta.partitions)
-            consumer.assign([TopicPartition(self.topic, p, self._offsets.get(p, OFFSET_BEGINNING)) for p in pending])
-            deadline = time.monotonic() + self._timeout
-            while pending:
-                if time.monotonic() > deadline:
-                    raise StoreUnavailableError("timed out reading the schema topic", topic=self.topic)
-                msg = consumer.poll(0.5)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
-                        continue
-                    raise StoreUnavailableError(f"cannot read the schema topic: {err}", topic=self.topic)
+            assign = [TopicPartition(self.topic, p, self._offsets.get(p, OFFSET_BEGINNING)) for p in meta.partitions]
+            for msg in read_to_end(consumer, assign, time.monotonic() + self._timeout, "reading the schema topic",
+                                   error=StoreUnavailableError):
                 part, off = msg.partition(), msg.offset()
                 if part is None or off is None:
                     continue
@@ -328,118 +311,14 @@ class TopicSchemaStore:
         schema ever published under this prefix. Files are named `<fullname>.avsc`."""
         with self._lock:
             self._read_topic()
-            named = [(_full_name(s), s) for s in self._by_header.values()]
-        return _write_avsc(directory, named)
+            named = [(full_name(s), s) for s in self._by_header.values()]
+        return write_avsc(directory, named)
 
     def close(self) -> None:
         """Flush and drop the producer. Called at shutdown."""
         if self._producer is not None:
             self._producer.flush(self._timeout)
             self._producer = None
-
-
-class RegistrySchemaStore:
-    """Confluent Schema Registry framing (`00` + 4-byte id) through `SchemaRegistryClient`.
-
-    `url` may be `mock://name` for the client's in-process mock. `subject` defaults to the
-    record's full name; `TableCodec` passes `<topic>-key` / `<topic>-value` (TopicNameStrategy).
-    `client` replaces the one built from `url`/`conf` (to share one mock between instances).
-    Raises `ConfigError` when the client's extra dependencies are not installed.
-    """
-
-    def __init__(self, url: str, conf: dict[str, Any] | None = None, *, client: Any = None) -> None:
-        try:
-            from confluent_kafka.schema_registry import Schema as RegistrySchema
-            from confluent_kafka.schema_registry import SchemaRegistryClient
-        except ImportError as exc:
-            raise ConfigError("the schema registry client needs confluent-kafka[schemaregistry]",
-                              missing=exc.name) from exc
-        # The client's default is no timeout at all: a registry that hangs would hang the
-        # producer or sink inside a call. With one, it is "unavailable" and waited for.
-        full = {"url": url, "timeout": _REGISTRY_TIMEOUT_S, **(conf or {})}
-        new = getattr(SchemaRegistryClient, "new_client", None)
-        if client is None:
-            client = new(full) if new is not None else SchemaRegistryClient(full)
-        self._client: Any = client
-        self._schema_type: Any = RegistrySchema
-        self._lock = threading.Lock()
-        self._registered: dict[tuple[str, str], bytes] = {}
-        self._by_id: dict[int, Schema] = {}
-
-    def register(self, schema: Schema, *, subject: str | None = None) -> bytes:
-        """See `SchemaStore.register`. Raises `SchemaRefusedError` when the subject's
-        compatibility level refuses it, `RegistryUnavailableError` when the registry does not
-        answer, `CodecError` for any other refusal."""
-        subj = subject or _full_name(schema)
-        key = (subj, _json(schema))
-        header = self._registered.get(key)
-        if header is not None:
-            return header
-        with self._lock:
-            try:
-                schema_id = int(self._client.register_schema(subj, self._schema_type(json.dumps(schema), "AVRO")))
-            except Exception as exc:
-                raise self._refusal(exc, subj) from exc
-            header = framing.confluent_prefix(schema_id)
-            self._by_id[schema_id] = schema
-            self._registered[key] = header
-            log.info("schema registered subject=%s id=%s", subj, schema_id)
-            return header
-
-    def describe(self) -> tuple[int, str]:
-        """(number of subjects, global compatibility level): what `pgbridge check` reports.
-        Raises whatever the client raises when the registry does not answer."""
-        return len(self._client.get_subjects()), str(self._client.get_compatibility())
-
-    def _refusal(self, exc: Exception, subject: str) -> CodecError:
-        """The error for a failed registration: `SchemaRefusedError` (HTTP 409, with the subject's
-        compatibility level), `RegistryUnavailableError` (no answer, HTTP 5xx), else `CodecError`."""
-        status = getattr(exc, "http_status_code", None)
-        reason = getattr(exc, "error_message", None) or str(exc)
-        if status == 409:
-            return SchemaRefusedError(
-                "schema registry refused the new schema version as incompatible with the subject's "
-                "earlier versions; make the change compatible (e.g. add a nullable column instead of "
-                "changing a type), or change the subject's compatibility level "
-                f"(PUT /config/{subject}) or register the version yourself",
-                subject=subject, compatibility=self._compatibility(subject), reason=reason[:600])
-        if status is None or status >= 500 or status in (408, 429):
-            return RegistryUnavailableError(f"schema registry unavailable: {reason[:300]}", subject=subject)
-        return CodecError(f"schema registry refused the schema: {reason[:600]}", subject=subject,
-                          http_status=status)
-
-    def _compatibility(self, subject: str) -> str:
-        """The subject's compatibility level (its own, else the registry's global), for messages."""
-        for name in (subject, None):
-            try:
-                return str(self._client.get_compatibility(name))
-            except Exception:
-                continue
-        return "unknown"
-
-    def lookup(self, data: bytes) -> tuple[Schema, int]:
-        """See `SchemaStore.lookup`. Raises `RegistryUnavailableError` (a `CodecError`) when the
-        registry does not answer: the record is not at fault and must be read again later."""
-        schema_id = framing.confluent_schema_id(data)
-        schema = self._by_id.get(schema_id)
-        if schema is None:
-            with self._lock:
-                try:
-                    text = self._client.get_schema(schema_id).schema_str
-                except Exception as exc:
-                    status = getattr(exc, "http_status_code", None)
-                    if status is None or status >= 500 or status in (408, 429):
-                        # not the record's fault: the caller reads it again later
-                        raise RegistryUnavailableError(f"schema registry unavailable: {str(exc)[:300]}",
-                                                       schema_id=schema_id) from exc
-                    raise CodecError(f"unknown schema id: {exc}", schema_id=schema_id) from exc
-                schema = self._by_id[schema_id] = json.loads(text)
-        return schema, framing.CONFLUENT_HEADER
-
-    def export_avsc(self, directory: str | Path) -> list[Path]:
-        """See `SchemaStore.export_avsc`: the schemas this instance registered or looked up,
-        named `<fullname>.<id>.avsc`."""
-        return _write_avsc(directory, [(f"{_full_name(s)}.{i}", s) for i, s in sorted(self._by_id.items())])
 
 
 class MemorySchemaStore:
@@ -453,7 +332,7 @@ class MemorySchemaStore:
 
     def register(self, schema: Schema, *, subject: str | None = None) -> bytes:
         """See `SchemaStore.register`."""
-        key = _json(schema)
+        key = schema_json(schema)
         header = self._registered.get(key)
         if header is None:
             published = published_form(schema)
@@ -472,4 +351,4 @@ class MemorySchemaStore:
 
     def export_avsc(self, directory: str | Path) -> list[Path]:
         """See `SchemaStore.export_avsc`."""
-        return _write_avsc(directory, [(_full_name(s), s) for s in self._by_header.values()])
+        return write_avsc(directory, [(full_name(s), s) for s in self._by_header.values()])

@@ -12,22 +12,20 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from bridge.errors import ProduceError
-from bridge.produce.topics import position_from_headers, read_to_end, watermarks
+from bridge.kafka.headers import position_from_headers
+from bridge.kafka.reading import read_to_end, watermarks
+from bridge.kafka.topics import SNAPSHOT_RESUME_GROUP, reader_group, snapshot_topic
 from bridge.source.snapshot import SnapshotState
 
 KEY = b"state"
 
 
-def snapshot_topic(prefix: str) -> str:
-    return f"{prefix}._snapshot"
-
-
 class SnapshotStateStore:
     def __init__(self, producer: Producer, bootstrap: str, prefix: str, extra: dict[str, Any] | None = None) -> None:
         self._producer = producer
-        self._conf = {"bootstrap.servers": bootstrap, "group.id": f"{prefix}._snapshot.reader",
-                      "enable.auto.commit": False, "enable.partition.eof": True, **(extra or {})}
         self.topic = snapshot_topic(prefix)
+        self._conf = {"bootstrap.servers": bootstrap, "group.id": reader_group(self.topic),
+                      "enable.auto.commit": False, "enable.partition.eof": True, **(extra or {})}
 
     def load(self, timeout: float = 30.0) -> SnapshotState | None:
         """The last state written, or None when no snapshot ever ran."""
@@ -68,7 +66,7 @@ def delivered_after(bootstrap: str, extra: dict[str, Any] | None, topic: str, pa
     save, so the last `scan` (= chunk rows) records of each partition hold all of them.
     Raises ProduceError when the partitions cannot be read.
     """
-    conf = {"bootstrap.servers": bootstrap, "group.id": "bridge.snapshot-resume", "enable.auto.commit": False,
+    conf = {"bootstrap.servers": bootstrap, "group.id": SNAPSHOT_RESUME_GROUP, "enable.auto.commit": False,
             "enable.partition.eof": True, **(extra or {})}
     consumer = Consumer(conf)
     keys: set[bytes] = set()

@@ -1,4 +1,4 @@
-"""Topics the producer writes: created on first use, and their tails read once.
+"""The producer's partitions and the tails of its topics (creating topics: `bridge.kafka.admin`).
 
 The tail of a partition is the position of its last record. A restarted producer re-reads the
 slot from its confirmed position, and skips every record whose position is at or below the tail
@@ -11,22 +11,22 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka import Consumer, TopicPartition
 
-from bridge.errors import ProduceError
 from bridge.events import Position
-from bridge.lsn import Lsn
+from bridge.kafka.admin import TopicManager
+from bridge.kafka.headers import HEADER_LSN, HEADER_SEQ, HEADER_XID, position_from_headers
+from bridge.kafka.reading import read_to_end, watermarks
+from bridge.kafka.topics import TAIL_READER_GROUP
 
 log = logging.getLogger(__name__)
 
-HEADER_LSN = "bridge.commit_lsn"
-HEADER_SEQ = "bridge.seq"
-HEADER_XID = "bridge.xid"
+# Moved to bridge.kafka; re-exported here for the producer's imports.
+__all__ = ["HEADER_LSN", "HEADER_SEQ", "HEADER_XID", "Tail", "TailReader", "TopicManager", "key_body",
+           "partition_for", "position_from_headers", "read_to_end", "watermarks"]
 
 
 def key_body(key: bytes) -> bytes:
@@ -50,20 +50,6 @@ def partition_for(key: bytes | None, partitions: int) -> int:
     return zlib.crc32(key_body(key)) % partitions
 
 
-def position_from_headers(headers: Any) -> Position | None:
-    lsn: Any = None
-    seq: Any = None
-    items = headers.items() if isinstance(headers, dict) else (headers or ())
-    for k, v in items:
-        if k == HEADER_LSN:
-            lsn = v
-        elif k == HEADER_SEQ:
-            seq = v
-    if lsn is None or seq is None:
-        return None
-    return Position(Lsn.parse(lsn.decode() if isinstance(lsn, bytes) else str(lsn)), int(seq))
-
-
 @dataclass(frozen=True, slots=True)
 class Tail:
     """The last record of a partition: its position, and whether it is a tombstone (a delete's
@@ -77,59 +63,11 @@ class Tail:
         return (position, tombstone) <= (self.position, self.tombstone)
 
 
-class TopicManager:
-    """Creates topics on first use and remembers their partition counts."""
-
-    def __init__(self, bootstrap: str, *, partitions: int, replication_factor: int,
-                 extra: dict[str, Any] | None = None) -> None:
-        self._conf = {"bootstrap.servers": bootstrap, **(extra or {})}
-        self._admin = AdminClient(self._conf)
-        self.partitions = partitions
-        self.replication_factor = replication_factor
-        self._known: dict[str, int] = {}
-
-    def ensure(self, topic: str, *, partitions: int | None = None, compact: bool = False,
-               timeout: float = 30.0) -> int:
-        """Create `topic` if missing; return its partition count (an existing topic keeps its own)."""
-        n = self._known.get(topic)
-        if n is not None:
-            return n
-        deadline = time.monotonic() + timeout
-        want = partitions or self.partitions
-        created = False
-        # Create before asking for metadata: some brokers (Tansu) auto-create a topic on a
-        # metadata request, with their own partition count.
-        config = {"cleanup.policy": "compact"} if compact else {}
-        fut = self._admin.create_topics([NewTopic(topic, num_partitions=want,
-                                                  replication_factor=self.replication_factor,
-                                                  config=config)])[topic]
-        try:
-            fut.result(timeout)
-            created = True
-            log.info("created topic %s with %d partitions", topic, want, extra={"topic": topic})
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise ProduceError(f"cannot create topic: {exc}", topic=topic) from exc
-        except TimeoutError as exc:
-            raise ProduceError(f"the broker did not answer the creation of the topic within {timeout:g} s "
-                               "(is it reachable with kafka.config's security settings?)", topic=topic) from exc
-        while True:
-            md = self._admin.list_topics(topic, timeout=10)
-            t = md.topics.get(topic)
-            if t is not None and t.error is None and t.partitions:
-                if len(t.partitions) >= want or not created:
-                    self._known[topic] = len(t.partitions)
-                    return len(t.partitions)
-            if time.monotonic() > deadline:
-                raise ProduceError("topic metadata did not show the topic in time", topic=topic)
-            time.sleep(0.1)
-
-
 class TailReader:
     """Reads the position of the last record of each partition of a topic."""
 
     def __init__(self, bootstrap: str, extra: dict[str, Any] | None = None) -> None:
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bridge.tail-reader",
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": TAIL_READER_GROUP,
                                    "enable.auto.commit": False, "enable.partition.eof": True,
                                    "fetch.wait.max.ms": 10, **(extra or {})})
 
@@ -167,52 +105,3 @@ class TailReader:
 
     def close(self) -> None:
         self._consumer.close()
-
-
-_LEADER_NOT_READY = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                               KafkaError.UNKNOWN_TOPIC_OR_PART})
-
-
-def watermarks(consumer: Consumer, topic: str, partition: int, deadline: float) -> tuple[int, int]:
-    """(low, high) of a partition, retried while its leader is not ready (a topic just created:
-    Apache Kafka answers NOT_LEADER_FOR_PARTITION for a moment)."""
-    while True:
-        try:
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                    timeout=max(1.0, deadline - time.monotonic()))
-            return int(lo), int(hi)
-        except KafkaException as exc:
-            err = exc.args[0]
-            retry = err.retriable() or err.code() in _LEADER_NOT_READY
-            if not retry or time.monotonic() > deadline:
-                raise ProduceError(f"cannot read the partition's offsets: {err}", topic=topic,
-                                   partition=partition) from exc
-            log.info("partition %s/%d not ready (%s): retrying", topic, partition, err.str(),
-                     extra={"topic": topic, "partition": partition})
-            time.sleep(0.2)
-
-
-def read_to_end(consumer: Consumer, assign: list[TopicPartition], deadline: float, what: str) -> Iterator[Message]:
-    """The records of `assign` (topic, partition, start offset) up to each partition's end, as
-    its end-of-partition event tells (the consumer needs `enable.partition.eof`; high watermarks
-    are not trusted, see `tails_with_kind`). Unassigns when done. Raises `ProduceError` naming
-    `what` on a consumer error or when `deadline` passes."""
-    if not assign:
-        return
-    topic = assign[0].topic
-    pending = {tp.partition for tp in assign}
-    consumer.assign(assign)
-    try:
-        while pending:
-            if time.monotonic() > deadline:
-                raise ProduceError(f"timed out {what}", topic=topic, partitions=sorted(pending))
-            for msg in consumer.consume(10_000, 1.0):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition() or 0)
-                        continue
-                    raise ProduceError(f"{what}: {err}", topic=topic, partition=msg.partition())
-                yield msg
-    finally:
-        consumer.unassign()

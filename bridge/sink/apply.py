@@ -30,7 +30,8 @@ from typing import Any
 
 import psycopg
 
-from bridge import metrics
+from bridge import failures, metrics
+from bridge.config import STATE_SCHEMA
 from bridge.errors import SinkError, TargetSchemaError
 from bridge.events import Op, Position
 from bridge.relation import Relation
@@ -45,16 +46,7 @@ __all__ = ["Applier", "KeylessTableError", "RecordRejectedError", "TableRejected
 
 log = logging.getLogger(__name__)
 
-# SQLSTATE classes meaning "the target refuses these rows", not "the target is unwell":
-# 22 data exception, 23 integrity constraint violation, P0 raised by a trigger.
-_REJECT_CLASSES = ("22", "23", "P0")
-# ... and "the target refuses this table" (raised while a table's statements run): 42 syntax or
-# access rule (a type it cannot cast, no privilege), 54 program limit (too many columns), 0A
-# feature not supported. Retrying cannot help; the table's records go to the dead-letter topic.
-_TABLE_REJECT_CLASSES = ("42", "54", "0A")
-# Failures that pass by themselves: connection, operator intervention (shutdown), transaction
-# rollback (serialization, deadlock), insufficient resources.
-_PASSING_CLASSES = ("08", "57", "40", "53")
+# What a SQLSTATE means (rows refused, table refused, passing) is decided by bridge.failures.
 
 Rejects = list[tuple[SinkRecord, Exception]]
 
@@ -77,7 +69,7 @@ class Applier:
     (the applier connects in autocommit mode and reconnects after a connection failure).
     """
 
-    def __init__(self, conn_or_dsn: psycopg.Connection[Any] | str, *, state_schema: str = "pgbridge_state") -> None:
+    def __init__(self, conn_or_dsn: psycopg.Connection[Any] | str, *, state_schema: str = STATE_SCHEMA) -> None:
         self._dsn = conn_or_dsn if isinstance(conn_or_dsn, str) else None
         self._conn: psycopg.Connection[Any] | None = None if isinstance(conn_or_dsn, str) else conn_or_dsn
         self._table = PositionTable(state_schema)
@@ -191,7 +183,7 @@ class Applier:
         except psycopg.Error as exc:
             self._after_failure(conn)
             state = exc.sqlstate or ""
-            if rejects and state[:2] in _REJECT_CLASSES:
+            if rejects and failures.rejects_rows(state):
                 raise RecordRejectedError(f"target rejected the batch: {exc}", sqlstate=state) from exc
             raise SinkError(f"{what} failed: {str(exc).strip()}", sqlstate=state or None) from exc
         except BaseException:
@@ -298,7 +290,7 @@ class Applier:
             raise TableRejectedError(exc.message, table=tkey, **ctx) from exc
         except psycopg.Error as exc:
             sqlstate = exc.sqlstate or ""
-            if sqlstate[:2] not in _TABLE_REJECT_CLASSES:
+            if not failures.rejects_table(sqlstate):
                 raise
             raise TableRejectedError(f"target refuses table {tkey[0]}.{tkey[1]}: {str(exc).strip()}",
                                      table=tkey, sqlstate=sqlstate) from exc
@@ -311,7 +303,7 @@ class Applier:
             return self._tables.plan(conn, rel)
         except psycopg.Error as exc:
             sqlstate = exc.sqlstate or ""
-            if not sqlstate or sqlstate[:2] in _PASSING_CLASSES:
+            if not sqlstate or failures.passes(sqlstate):
                 raise
             raise TableRejectedError(f"target refuses table {rel.qualified}: {str(exc).strip()}",
                                      table=(rel.schema, rel.table), sqlstate=sqlstate) from exc

@@ -14,13 +14,14 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from bridge import metrics
 from bridge.errors import SinkError
+from bridge.kafka.headers import HEADER_DLQ_ERROR, HEADER_DLQ_OFFSET, HEADER_DLQ_PARTITION, HEADER_DLQ_TOPIC
 
 log = logging.getLogger(__name__)
 
-H_ERROR = "bridge.dlq.error"
-H_TOPIC = "bridge.dlq.topic"
-H_PARTITION = "bridge.dlq.partition"
-H_OFFSET = "bridge.dlq.offset"
+H_ERROR = HEADER_DLQ_ERROR
+H_TOPIC = HEADER_DLQ_TOPIC
+H_PARTITION = HEADER_DLQ_PARTITION
+H_OFFSET = HEADER_DLQ_OFFSET
 
 
 class DeadLetters:

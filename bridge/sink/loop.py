@@ -28,10 +28,12 @@ from typing import Any, Protocol, TypeVar
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from bridge import metrics
+from bridge import failures, metrics
 from bridge.ack.channel import AckPublisher
+from bridge.config import STATE_SCHEMA
 from bridge.errors import BridgeError, SinkError, StoreUnavailableError
 from bridge.events import ChangeEvent, Op, Position
+from bridge.kafka.topics import data_topic_pattern
 from bridge.retry import retry_while
 from bridge.signing import Signer
 from bridge.sink.admit import Admission
@@ -61,29 +63,14 @@ _REGISTRY_MAX_WAIT_S = 10.0  # at most this, well inside max.poll.interval.ms (t
 
 def _broker_transient(exc: BaseException) -> bool:
     """A broker call that failed because the broker is away or its coordinator is moving."""
-    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-    return isinstance(err, KafkaError) and (err.retriable() or err.code() in _KAFKA_TRANSIENT)
+    return failures.broker_transient(exc)
 
 
 def _retryable(exc: BaseException) -> bool:
     """A target failure that goes away by itself: a lost connection (restart), a deadlock, a
     serialization failure, the server shutting down or not yet accepting connections."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, psycopg.OperationalError):
-            return True
-        state = getattr(cause, "sqlstate", None) or getattr(cause, "context", {}).get("sqlstate")
-        if isinstance(state, str) and (state.startswith(("08", "57P")) or state in ("40001", "40P01")):
-            return True
-        cause = cause.__cause__
-    return False
+    return failures.transient(exc)
 
-
-_KAFKA_TRANSIENT = frozenset({
-    KafkaError._WAIT_COORD, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-    KafkaError._MSG_TIMED_OUT, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.REQUEST_TIMED_OUT, KafkaError.NETWORK_EXCEPTION,
-})
 
 
 @dataclass(slots=True)
@@ -102,13 +89,6 @@ class SinkSettings:
     batch_max_rows: int = 10_000
     batch_max_bytes: int = 64 << 20
     batch_max_ms: int = 200
-
-
-def data_topic_pattern(prefix: str) -> str:
-    """Regex subscription for `<prefix>.<schema>.<table>`; internal topics (`<prefix>._acks`,
-    `_schemas`, `_dlq`) have a single dot after the prefix and do not match."""
-    escaped = "".join("\\" + c if c in ".^$*+?()[]{}|\\" else c for c in prefix)
-    return f"^{escaped}\\.[^.]+\\..+"
 
 
 def kafka_consumer_config(bootstrap: str, group_id: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -143,7 +123,7 @@ class SinkLoop:
         self.checkpoint = Checkpoint(consumer=consumer, applier=applier, acks=acks, dead_letters=dead_letters,
                                      group_id=settings.group_id, retry_target=self._with_retry,
                                      retry_broker=self._kafka_retry)
-        self.admission = admission or Admission(settings.topic_prefix, "pgbridge_state")
+        self.admission = admission or Admission(settings.topic_prefix, STATE_SCHEMA)
         self.signer = signer
         self.stop = stop or threading.Event()
         self._waiting: dict[PartitionKey, _Waiting] = {}

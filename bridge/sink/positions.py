@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from bridge.config import STATE_SCHEMA
 from bridge.events import Position
 from bridge.lsn import Lsn
 from bridge.sink.records import PartitionKey
@@ -32,7 +33,7 @@ TABLE = "bridge_positions"
 class PositionTable:
     """SQL for `<schema>.bridge_positions`, built once. Stateless besides the names."""
 
-    def __init__(self, schema: str = "pgbridge_state") -> None:
+    def __init__(self, schema: str = STATE_SCHEMA) -> None:
         self.schema = schema
         name = sql.Identifier(schema, TABLE)
         self._create_schema = sql.SQL("CREATE SCHEMA IF NOT EXISTS {schema}").format(schema=sql.Identifier(schema))

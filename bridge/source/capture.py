@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import pq
 
+from bridge import failures
 from bridge.errors import SourceError
 from bridge.lsn import ZERO, Lsn
 from bridge.source.slot import (
@@ -54,12 +55,6 @@ _PG_EPOCH_US = 946_684_800_000_000
 _XLOGDATA = struct.Struct("!QQQ")  # dataStart, walEnd, sendTime after the 'w'
 _KEEPALIVE = struct.Struct("!QQB")  # walEnd, sendTime, replyRequested after the 'k'
 _STATUS = struct.Struct("!cQQQQB")  # 'r', write, flush, apply, sendTime, replyRequested
-
-# SQLSTATEs after which a reconnect may succeed: connection failures (class 08), server
-# shutting down / starting (57P01-57P03), and a slot still held by a walsender that has not yet
-# noticed its client is gone (55006 object_in_use).
-_RETRYABLE_STATES = frozenset({"57P01", "57P02", "57P03", "55006"})
-
 
 @dataclass(slots=True)
 class WalMessage:
@@ -101,15 +96,9 @@ class ChangeSource(Protocol):
 
 
 def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, psycopg.OperationalError):
-        state = exc.sqlstate
-        return state is None or state.startswith("08") or state in _RETRYABLE_STATES
-    if isinstance(exc, psycopg.Error):
-        return exc.sqlstate in _RETRYABLE_STATES
-    if isinstance(exc, SourceError):
-        cause = exc.__cause__
-        return cause is not None and _retryable(cause)
-    return False
+    """A reconnect may succeed: a lost or refused connection, the server shutting down or
+    starting, a slot still held by a walsender that has not noticed its client is gone."""
+    return failures.transient(exc)
 
 
 class _Backoff:
