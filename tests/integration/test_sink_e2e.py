@@ -219,9 +219,18 @@ def run_ddl_mid_stream(broker: Broker, source_dsn: str, target_dsn: str, tmp_pat
     writer = Writer(source_dsn)
     thread = threading.Thread(target=writer.run, args=(stop,), daemon=True)
 
-    def changes_flow(what: str) -> None:  # the writer commits more transactions (or failed)
-        start = writer.txns
-        wait_for(lambda: writer.txns >= start + 15 or writer.error is not None, 60, f"writes {what}",
+    def applied() -> int:
+        try:
+            return table_digest(target_dsn, "public.d", ["id"], "id")[0]
+        except psycopg.errors.UndefinedTable:
+            return 0
+
+    def changes_flow(what: str) -> None:
+        """The writer commits more transactions (or failed) and, with the sink running, the sink
+        applies more of them: the DDL lands while changes flow through the whole pipeline."""
+        txns, rows = writer.txns, applied() if sink.alive() else 0
+        wait_for(lambda: (writer.txns >= txns + 15 and (not sink.alive() or applied() > rows))
+                 or writer.error is not None, 60, f"changes flowing {what}",
                  [p for p in (producer, sink) if p.proc is not None])
 
     with stopped_cleanly(producer, sink):
