@@ -304,6 +304,14 @@ def slot_confirmed(dsn: str, slot: str) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
+def wait_slot_created(dsn: str, slot: str, proc: BridgeProcess | None = None, timeout: float = 60.0) -> None:
+    """Wait until the slot exists: changes committed from then on are captured. With an initial
+    snapshot this is the moment to write concurrently with it (the slot is used, and active, only
+    once the snapshot is read: use `wait_slot_active` for that)."""
+    wait_for(lambda: slot_confirmed(dsn, slot) is not None, timeout, f"slot {slot} created",
+             [proc] if proc else [], interval=0.1)
+
+
 def wait_slot_active(dsn: str, slot: str, proc: BridgeProcess | None = None, timeout: float = 60.0,
                      capture: str | None = None) -> None:
     """Wait until the producer uses its slot: with `capture: stream`, the slot is active with

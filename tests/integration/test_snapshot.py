@@ -40,6 +40,7 @@ from tests.pipeline import (
     stopped_cleanly,
     wait_converged,
     wait_slot_active,
+    wait_slot_created,
     write_config,
 )
 from tests.support.topics import read_to_end
@@ -223,7 +224,7 @@ def test_initial_snapshot_under_concurrent_writes(broker: Broker, source_dsn: st
     writer = Writer(source_dsn, counts)
     with stopped_cleanly(producer, sink):
         try:
-            wait_slot_active(source_dsn, conf["source"]["slot"], producer)
+            wait_slot_created(source_dsn, conf["source"]["slot"], producer)
             writer.start()
             took = _wait_snapshot_done(producer, len(counts), timeout=900)
             during = writer.commits
@@ -272,7 +273,7 @@ def test_snapshot_resumes_after_kill(broker: Broker, source_dsn: str, target_dsn
     writer = Writer(source_dsn, counts)
     with stopped_cleanly(producer, sink):
         try:
-            wait_slot_active(source_dsn, conf["source"]["slot"], producer)
+            wait_slot_created(source_dsn, conf["source"]["slot"], producer)
             writer.start()
             # Kill once a keyed table is part-way through (the keyless one is read first, whole),
             # watching the producer's own snapshot metrics (cheap to poll often).
