@@ -1,4 +1,5 @@
-"""The chaos harness: a workload, kills and restarts at random moments, and invariant monitors.
+"""The chaos harness: invariant monitors and checks (the workload is
+`tests.support.workloads.ChaosWorkload`, the kills and restarts are in test_chaos.py).
 
 Invariants checked (design.md):
 1. No loss — a monitor samples every 100 ms the slot's `confirmed_flush_lsn` and *then* the
@@ -13,130 +14,21 @@ Invariants checked (design.md):
 
 from __future__ import annotations
 
-import random
+import bisect
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from bridge.events import Position
 from bridge.lsn import Lsn
-from bridge.produce.topics import position_from_headers
+from tests.support.topics import Record
+from tests.support.workloads import CHAOS_TABLES
 
-SCHEMA = """
-CREATE TABLE public.accounts (id bigint PRIMARY KEY, v bigint NOT NULL, owner text NOT NULL,
-                              balance numeric(14,2) NOT NULL, bio text);
-ALTER TABLE public.accounts ALTER COLUMN bio SET STORAGE EXTERNAL;
-CREATE TABLE public.transfers (id bigint PRIMARY KEY, v bigint NOT NULL, src bigint, dst bigint,
-                               amount numeric(12,2), at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE public."Audit Log" (id bigint PRIMARY KEY, v bigint NOT NULL, what text, at timestamptz DEFAULT now());
-"""
-
-TABLES: dict[str, tuple[list[str], str]] = {
-    "public.accounts": (["id", "v", "owner", "balance", "md5(bio)"], "id"),
-    "public.transfers": (["id", "v", "src", "dst", "amount", "at"], "id"),
-    'public."Audit Log"': (["id", "v", "what", "at"], "id"),
-}
-VERSIONED = ["public.accounts", "public.transfers", 'public."Audit Log"']
-
-
-def _retrying(fn: Callable[[], None], stop: threading.Event, attempts: int = 200) -> None:
-    for _ in range(attempts):
-        try:
-            fn()
-            return
-        except psycopg.OperationalError:
-            if stop.is_set():
-                return
-            time.sleep(0.2)
-
-
-@dataclass
-class ChaosWorkload:
-    """Transactions of inserts, versioned updates, deletes and primary-key changes over three tables,
-    plus one big transaction. Reconnects and retries when PostgreSQL restarts."""
-
-    dsn: str
-    target_changes: int
-    big_txn_rows: int
-    seed: int = 11
-    changes: int = 0
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def run(self, stop: threading.Event) -> None:
-        rng = random.Random(self.seed)
-        next_id = {"a": 1, "t": 1, "l": 1}
-        big_done = False
-        conn: psycopg.Connection[Any] | None = None
-        try:
-            while self.changes < self.target_changes and not stop.is_set():
-                try:
-                    if conn is None or conn.closed:
-                        conn = psycopg.connect(self.dsn, autocommit=False)
-                    if not big_done and self.changes >= self.target_changes // 3:
-                        self._big(conn, next_id)
-                        big_done = True
-                        continue
-                    self._txn(conn, rng, next_id)
-                except psycopg.OperationalError:
-                    conn = None
-                    time.sleep(0.2)
-        finally:
-            if conn is not None and not conn.closed:
-                conn.close()
-            self.done.set()
-
-    def _big(self, conn: psycopg.Connection[Any], next_id: dict[str, int]) -> None:
-        start = next_id["l"]
-        conn.execute('INSERT INTO public."Audit Log" (id, v, what) SELECT g, 1, \'bulk \' || g '
-                     "FROM generate_series(%s::bigint, %s::bigint) g", (start, start + self.big_txn_rows - 1))
-        conn.commit()
-        next_id["l"] += self.big_txn_rows
-        self.changes += self.big_txn_rows
-
-    def _txn(self, conn: psycopg.Connection[Any], rng: random.Random, next_id: dict[str, int]) -> None:
-        cur = conn.cursor()
-        n = 0
-        a0 = next_id["a"]
-        accts = [(a0 + i, 1, f"owner {a0 + i}", f"{rng.uniform(0, 1e6):.2f}",
-                  ("bio " * 3000) if i == 0 else None) for i in range(20)]
-        cur.executemany("INSERT INTO public.accounts VALUES (%s, %s, %s, %s, %s)", accts)
-        n += len(accts)
-        t0 = next_id["t"]
-        cur.executemany("INSERT INTO public.transfers (id, v, src, dst, amount) VALUES (%s, 1, %s, %s, %s)",
-                        [(t0 + i, rng.randint(1, a0 + 19), rng.randint(1, a0 + 19), f"{rng.uniform(1, 500):.2f}")
-                         for i in range(30)])
-        n += 30
-        l0 = next_id["l"]
-        cur.executemany('INSERT INTO public."Audit Log" (id, v, what) VALUES (%s, 1, %s)',
-                        [(l0 + i, f"event {l0 + i}") for i in range(10)])
-        n += 10
-        # versioned updates of random existing rows (TOAST column untouched: unchanged-toast-datum)
-        for _ in range(25):
-            cur.execute("UPDATE public.accounts SET v = v + 1, balance = balance + 1 WHERE id = %s",
-                        (rng.randint(1, a0 + 19),))
-            n += cur.rowcount
-        cur.execute("UPDATE public.transfers SET v = v + 1, amount = amount * 2 WHERE id = %s",
-                    (rng.randint(1, t0 + 29),))
-        n += cur.rowcount
-        # deletes
-        cur.execute("DELETE FROM public.transfers WHERE id = %s", (rng.randint(1, t0 + 29),))
-        n += cur.rowcount
-        # a primary-key change: the row moves to a fresh id, its version grows
-        old = rng.randint(1, l0 + 9)
-        cur.execute('UPDATE public."Audit Log" SET id = %s, v = v + 1 WHERE id = %s', (10**12 + l0, old))
-        n += cur.rowcount
-        conn.commit()
-        next_id["a"] += 20
-        next_id["t"] += 30
-        next_id["l"] += 10
-        self.changes += n
+VERSIONED = list(CHAOS_TABLES)
 
 
 @dataclass
@@ -209,62 +101,23 @@ class VersionMonitor:
             stop.wait(1.0)
 
 
-def read_all_records(bootstrap: str, prefix: str) -> list[tuple[str, int, Position, bool]]:
-    """Every record of the bridge's data topics: (topic, partition, position, is_tombstone)."""
-    import re
-
-    from bridge.sink.loop import data_topic_pattern
-
-    pattern = re.compile(data_topic_pattern(prefix))
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    md = admin.list_topics(timeout=30)
-    tps = [TopicPartition(name, p, 0) for name, t in md.topics.items() if pattern.match(name) for p in t.partitions]
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"chaos-reader-{time.time()}",
-                         "enable.auto.commit": False, "enable.partition.eof": True, "fetch.queue.backoff.ms": 10})
-    ends = {}
-    for tp in tps:
-        lo, hi = consumer.get_watermark_offsets(tp, timeout=30)
-        if hi > lo:
-            ends[(tp.topic, tp.partition)] = hi
-    consumer.assign([TopicPartition(t, p, 0) for (t, p) in ends])
-    out: list[tuple[str, int, Position, bool]] = []
-    pending = set(ends)
-    deadline = time.monotonic() + 300
-    while pending and time.monotonic() < deadline:
-        for msg in consumer.consume(10_000, 1.0):
-            err = msg.error()
-            tp = (msg.topic() or "", msg.partition() or 0)
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(tp)
-                continue
-            pos = position_from_headers(msg.headers())
-            assert pos is not None, f"record without position headers in {tp}"
-            out.append((tp[0], tp[1], pos, msg.value() is None))
-            if (msg.offset() or 0) + 1 >= ends[tp]:
-                pending.discard(tp)
-    consumer.close()
-    assert not pending, f"could not read all records of {pending}"
-    return out
-
-
-def check_no_duplicates(records: list[tuple[str, int, Position, bool]]) -> int:
-    counts = Counter(records)
+def check_no_duplicates(records: list[Record]) -> int:
+    """Invariant 4: every (topic, partition, position, tombstone) once; returns how many."""
+    counts = Counter((r.topic, r.partition, r.position, r.tombstone) for r in records)
     dups = [(k, c) for k, c in counts.items() if c > 1]
     assert not dups, f"{len(dups)} positions are in Kafka more than once, e.g. {dups[:5]}"
     return len(counts)
 
 
-def check_no_loss(samples: list[Sample], records: list[tuple[str, int, Position, bool]]) -> int:
+def check_no_loss(samples: list[Sample], records: list[Record]) -> int:
     """Invariant 1 over every sample; returns how many samples were checked.
 
     For each partition, the highest record position whose commit LSN is at or below the sampled
     confirmed LSN must be applied in that sample."""
-    import bisect
-
     per_tp: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    for topic, part, pos, _tomb in records:
-        per_tp.setdefault((topic, part), []).append(pos.to_tuple())
+    for r in records:
+        assert r.position is not None
+        per_tp.setdefault((r.topic, r.partition), []).append(r.position.to_tuple())
     for v in per_tp.values():
         v.sort()
     for s in samples:

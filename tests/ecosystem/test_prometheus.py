@@ -35,7 +35,14 @@ skip_unless_wanted("prometheus")
 
 from bridge.local import free_port  # noqa: E402
 from tests.conftest import BROKER_KINDS, Broker  # noqa: E402
-from tests.pipeline import BridgeProcess, check_alive, logs_of, wait_converged, wait_slot_active, write_config  # noqa: E402
+from tests.pipeline import (  # noqa: E402
+    BridgeProcess,
+    stopped_cleanly,
+    wait_converged,
+    wait_slot_active,
+    write_config,
+)
+from tests.support.waits import check_alive  # noqa: E402
 
 RELEASE, NAMESPACE = "demo", "cdc"
 SERVICE = f"{RELEASE}-pgbridge-metrics"
@@ -225,13 +232,10 @@ def pipeline(broker: Broker, source_dsn: str, target_dsn: str, tmp_path: Path
     ports = {"producer": free_port(), "sink": free_port()}
     procs = [BridgeProcess(c, cfg, tmp_path, env={"BRIDGE_METRICS__PORT": str(p)}).start()
              for c, p in (("produce", ports["producer"]), ("sink", ports["sink"]))]
-    try:
+    with stopped_cleanly(*procs):
         wait_slot_active(source_dsn, conf["source"]["slot"], procs[0])
         yield ports, conf["kafka"]["topic_prefix"], f"{conf['kafka']['topic_prefix']}.public.m"
         check_alive(procs)
-    finally:
-        codes = {p.name: p.terminate() for p in procs}
-        assert all(c == 0 for c in codes.values()), f"unclean exits {codes}\n{logs_of(procs)}"
 
 
 @pytest.mark.parametrize("broker", TANSU, indirect=True)

@@ -23,7 +23,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, KafkaError
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -35,12 +34,12 @@ from tests.conftest import Broker
 from tests.pipeline import (
     REPO,
     BridgeProcess,
-    check_alive,
-    logs_of,
     wait_converged,
     wait_slot_active,
     write_config,
 )
+from tests.support.topics import Record, read_to_end
+from tests.support.waits import check_alive, logs_of, wait_for
 
 DDL = """
 CREATE TABLE public.items (id int PRIMARY KEY, name varchar(20) NOT NULL, price numeric(8,2), qty int);
@@ -52,31 +51,9 @@ def _subject_versions(registry: LocalRegistry, subject: str) -> list[int]:
     return list(registry.request("GET", f"/subjects/{subject}/versions"))
 
 
-def _read_all(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Any]:
+def _read_all(bootstrap: str, topic: str) -> list[Record]:
     """Every record of `topic` (all partitions), read to the end."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.monotonic_ns()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "enable.partition.eof": True})
-    try:
-        md = consumer.list_topics(topic, timeout=10).topics[topic]
-        pending = set(md.partitions)
-        consumer.subscribe([topic])
-        out = []
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                    continue
-                raise AssertionError(msg.error())
-            out.append(msg)
-        assert not pending, f"partitions {pending} not read to their end"
-        return out
-    finally:
-        consumer.close()
+    return read_to_end(bootstrap, [topic], timeout=60)
 
 
 def _independent_decode(registry: LocalRegistry, bootstrap: str, topic: str) -> dict[int, dict[str, Any] | None]:
@@ -88,10 +65,10 @@ def _independent_decode(registry: LocalRegistry, bootstrap: str, topic: str) -> 
     keys, values = AvroDeserializer(client), AvroDeserializer(client, latest)
     rows: list[tuple[tuple[int, int, int], int, dict[str, Any] | None]] = []
     for msg in _read_all(bootstrap, topic):
-        key = keys(msg.key(), SerializationContext(topic, MessageField.KEY))
-        if msg.value() is None:
+        key = keys(msg.key, SerializationContext(topic, MessageField.KEY))
+        if msg.value is None:
             continue  # tombstone after a delete
-        env = values(msg.value(), SerializationContext(topic, MessageField.VALUE))
+        env = values(msg.value, SerializationContext(topic, MessageField.VALUE))
         assert env["op"] in ("c", "u", "d"), env
         src = env["source"]
         assert src["table"] == "items" and src["schema"] == "public"
@@ -190,18 +167,15 @@ def test_incompatible_change_holds_the_producer_until_the_operator_acts(
             registry.request("PUT", f"/config/{subject}", {"compatibility": "FULL"})
             conn.execute("ALTER TABLE public.items ALTER COLUMN qty TYPE bigint")
             conn.execute("INSERT INTO public.items VALUES (2, 'two', 2, 5000000000)")
-        deadline = time.monotonic() + 60
-        while "FULL" not in producer.log_tail(200) and time.monotonic() < deadline:
-            check_alive(procs)
-            time.sleep(0.5)
+        wait_for(lambda: "FULL" in producer.log_tail(200), 60, "the producer to name the refusing level", procs)
         log = producer.log_tail(200)
         assert "refused" in log and subject in log and "FULL" in log, log
-        time.sleep(3)
+        time.sleep(3)  # a window for a wrong exit to happen in (an absence has no state to wait for)
         assert producer.alive(), f"the producer must wait, not exit:\n{logs_of(procs)}"
         if broker.kind == "tansu":
             # past the 60 s liveness window: still alive for Kubernetes (a restart would meet the
             # same refusal), but not ready
-            time.sleep(62)
+            time.sleep(62)  # the subject: the liveness window passes
             assert _probe(producer, "/healthz") == 200
             assert _probe(producer, "/readyz") == 503
         with psycopg.connect(target_dsn) as conn:
@@ -244,11 +218,8 @@ def test_unreachable_registry_holds_the_producer_until_it_answers(broker: Broker
             own.stop()
             with psycopg.connect(source_dsn, autocommit=True) as conn:
                 conn.execute("INSERT INTO public.items VALUES (1, 'one', 1, 1)")
-            deadline = time.monotonic() + 60
-            while "schema registry unavailable" not in producer.log_tail(100) and time.monotonic() < deadline:
-                check_alive(procs)
-                time.sleep(0.5)
-            assert "schema registry unavailable" in producer.log_tail(100), producer.log_tail(100)
+            wait_for(lambda: "schema registry unavailable" in producer.log_tail(100), 60,
+                     "the producer to say the registry is unavailable", procs)
             assert producer.alive(), logs_of(procs)
             own.start()
             wait_converged(source_dsn, target_dsn, {"public.items": (COLUMNS[:4], "id")}, procs=procs)
@@ -273,18 +244,12 @@ def test_sink_waits_for_a_hung_registry_instead_of_dead_lettering(broker: Broker
         try:
             with psycopg.connect(source_dsn, autocommit=True) as conn:
                 conn.execute("INSERT INTO public.items SELECT g, 'n' || g, g, g FROM generate_series(1, 50) g")
-            deadline = time.monotonic() + 60
-            while len(_read_all(broker.bootstrap, topic)) < 50 and time.monotonic() < deadline:
-                check_alive(procs)
-                time.sleep(0.5)
+            wait_for(lambda: len(_read_all(broker.bootstrap, topic)) >= 50, 60, f"50 records in {topic}", procs)
             own.pause()
             late = BridgeProcess("sink", cfg, tmp_path, name="late-sink").start()
             procs.append(late)
-            deadline = time.monotonic() + 90
-            while "schema registry unavailable" not in late.log_tail(100) and time.monotonic() < deadline:
-                check_alive(procs)
-                time.sleep(0.5)
-            assert "schema registry unavailable" in late.log_tail(100), late.log_tail(100)
+            wait_for(lambda: "schema registry unavailable" in late.log_tail(100), 90,
+                     "the late sink to say the registry is unavailable", procs)
             own.resume()
             wait_converged(source_dsn, target_dsn, {"public.items": (COLUMNS[:4], "id")}, procs=procs)
             assert "dead letter" not in late.log_tail(400), late.log_tail(400)

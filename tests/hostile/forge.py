@@ -3,16 +3,18 @@ project's encoder, so a bug shared by the bridge's writer and reader cannot hide
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-import time
-import uuid
 import zlib
 from io import BytesIO
 from typing import Any
 
 import fastavro
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Producer
+
+from tests.support.topics import read_to_end
+from tests.support.waits import wait_for
 
 FORGED = "x-forged"  # header naming each forged record, to find it in the dead-letter topic
 
@@ -75,28 +77,14 @@ class Forger:
 
     def published(self) -> list[dict[str, Any]]:
         """Every schema in `<prefix>._schemas` that parses as a JSON object, in topic order."""
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"forge-{uuid.uuid4()}",
-                      "enable.auto.commit": False, "enable.partition.eof": True})
         out: list[dict[str, Any]] = []
-        try:
-            c.assign([TopicPartition(self.schema_topic, 0, OFFSET_BEGINNING)])
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                msg = c.poll(0.5)
-                if msg is None:
-                    continue
-                if msg.error() is not None:
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        break
-                    continue
-                try:
-                    doc = json.loads(msg.value() or b"")
-                except (ValueError, RecursionError):  # the forged entries of other tests
-                    continue
-                if isinstance(doc, dict):
-                    out.append(doc)
-        finally:
-            c.close()
+        for r in read_to_end(self.bootstrap, [self.schema_topic], timeout=30):
+            try:
+                doc = json.loads(r.value or b"")
+            except (ValueError, RecursionError):  # the forged entries of other tests
+                continue
+            if isinstance(doc, dict):
+                out.append(doc)
         return out
 
     def real_schema(self, table: str) -> dict[str, Any]:
@@ -130,24 +118,18 @@ class Forger:
 
 
 def dead_letters(bootstrap: str, topic: str, tags: set[str], timeout: float = 90.0) -> dict[str, dict[str, bytes]]:
-    """The dead letters whose `x-forged` header is in `tags`: tag -> headers. Waits for all of them."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"dlq-{uuid.uuid4()}", "enable.auto.commit": False,
-                  "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 1000})
-    c.subscribe([topic])
+    """The dead letters whose `x-forged` header is in `tags`: tag -> headers. Waits up to `timeout`
+    for all of them, and returns those found (the caller names the missing ones)."""
     found: dict[str, dict[str, bytes]] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        while set(found) < tags and time.monotonic() < deadline:
-            for msg in c.consume(100, 0.5):
-                if msg.error() is None:
-                    h = headers(msg)
-                    tag = h.get(FORGED, b"").decode()
-                    if tag in tags:
-                        found[tag] = h
-    finally:
-        c.close()
+
+    def all_there() -> bool:
+        for r in read_to_end(bootstrap, [topic], timeout=30):
+            h = dict(r.headers)
+            tag = h.get(FORGED, b"").decode()
+            if tag in tags:
+                found[tag] = h
+        return set(found) >= tags
+
+    with contextlib.suppress(AssertionError):
+        wait_for(all_there, timeout, f"dead letters {sorted(tags)} in {topic}", interval=0.5)
     return found
-
-
-def headers(msg: Message) -> dict[str, bytes]:
-    return {str(k): bytes(v or b"") for k, v in (msg.headers() or [])}

@@ -19,7 +19,8 @@ import psycopg
 from bridge.local.brokers import BROKERS, LocalBroker
 from tests.conftest import PgServer
 from tests.hostile.forge import Forger, dead_letters
-from tests.pipeline import BridgeProcess, check_alive, wait_converged, wait_slot_active, write_config
+from tests.pipeline import BridgeProcess, wait_converged, wait_slot_active, write_config
+from tests.support.waits import check_alive
 
 VICTIM = [(1, "keep me"), (2, "and me"), (3, "me too")]
 TABLES = {"public.orders": (["id", "amount", "note"], "id"), "public.other": (["id", "v"], "id")}

@@ -25,9 +25,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tests.conftest import BROKER_KINDS, PgServer
 from tests.hostile.forge import envelope, named, zigzag
 from tests.hostile.rig import VICTIM, Rig, running_rig
-from tests.pipeline import (
-    table_digest,
-)
+from tests.pipeline import table_digest
+from tests.support.waits import wait_for
 
 
 @pytest.fixture(scope="module", params=BROKER_KINDS)
@@ -121,7 +120,9 @@ def test_the_sinks_own_state_is_out_of_reach(rig: Rig) -> None:
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
     rig.forge.publish_schema(state)
     datum = envelope(None, "t", "pgbridge_state", "bridge_positions")
-    time.sleep(2)  # the sink's subscription picks up new topics every second
+    # the sink's pattern subscription picks the new topic up (its assignment is logged)
+    wait_for(lambda: f"{topic}/0" in rig.sink.logfile.read_text(errors="replace"), 60,
+             f"the sink to be assigned {topic}", [rig.producer, rig.sink])
     rig.forge.send(topic, rig.forge.framed(state, datum), "state-truncate")
     rig.assert_boundary_held({"state-truncate"})
 

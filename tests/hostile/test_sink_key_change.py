@@ -14,7 +14,8 @@ import psycopg
 
 from tests.conftest import Broker
 from tests.hostile.rig import drop_slot
-from tests.pipeline import BridgeProcess, check_alive, wait_converged, wait_slot_active, write_config
+from tests.pipeline import BridgeProcess, wait_converged, wait_slot_active, write_config
+from tests.support.waits import check_alive
 
 TABLES = {"public.acct": (["a", "b", "v"], "b"), "public.other": (["id", "v"], "id")}
 

@@ -9,17 +9,18 @@ entries skipped and its acks ignored, while the real changes flow.
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 
 import fastavro
 import pytest
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Producer
 
 from bridge.codec.templates import ACK
 from tests.conftest import BROKER_KINDS, PgServer
 from tests.hostile.forge import envelope, fingerprint, named
 from tests.hostile.rig import Rig, running_rig
+from tests.support.topics import wait_records
+from tests.support.waits import wait_for
 
 
 @pytest.fixture(scope="module", params=BROKER_KINDS)
@@ -38,10 +39,10 @@ def test_well_formed_forgeries_are_refused_with_signatures(signed: Rig) -> None:
     rig.forge.send(rig.topic("orders"), rig.forge.framed(real, datum), "well-formed")
     tags.add("well-formed")
     # a real, signed record copied to another partition: signed for its own partition only
-    msg = _first_record(rig.bootstrap, rig.topic("orders"))
+    msg = next(r for r in wait_records(rig.bootstrap, rig.topic("orders"), 1, 30) if r.value)
     p = Producer({"bootstrap.servers": rig.bootstrap})
-    p.produce(rig.topic("orders"), key=msg.key(), value=msg.value(), partition=(msg.partition() + 1) % 3,
-              headers=[*(msg.headers() or []), ("x-forged", b"copied")])
+    p.produce(rig.topic("orders"), key=msg.key, value=msg.value, partition=(msg.partition + 1) % 3,
+              headers=[*msg.headers, ("x-forged", b"copied")])
     assert p.flush(30) == 0
     tags.add("copied")
     # a schema entry of a new table version, unsigned, and a record using it (refused before its
@@ -59,21 +60,5 @@ def test_well_formed_forgeries_are_refused_with_signatures(signed: Rig) -> None:
     assert p.flush(30) == 0
 
     rig.assert_boundary_held(tags)
-    deadline = time.monotonic() + 30
-    while "without the bridge's signature" not in rig.producer.logfile.read_text(errors="replace"):
-        assert time.monotonic() < deadline, rig.producer.log_tail()
-        time.sleep(0.5)
-
-
-def _first_record(bootstrap: str, topic: str) -> Message:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"first-{time.time_ns()}", "auto.offset.reset": "earliest"})
-    c.subscribe([topic])
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            msg = c.poll(0.5)
-            if msg is not None and msg.error() is None and msg.value():
-                return msg
-    finally:
-        c.close()
-    raise AssertionError(f"no record in {topic}")
+    wait_for(lambda: "without the bridge's signature" in rig.producer.logfile.read_text(errors="replace"), 30,
+             "the producer to ignore the forged ack", [rig.producer])

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import psycopg
@@ -17,9 +16,10 @@ import pytest
 
 from bridge.local import free_port
 from tests.conftest import BROKER_KINDS, Broker
-from tests.hostile.forge import headers
 from tests.hostile.rig import drop_slot
-from tests.pipeline import BridgeProcess, check_alive, wait_converged, wait_slot_active, write_config
+from tests.pipeline import BridgeProcess, wait_converged, wait_slot_active, write_config
+from tests.support.topics import wait_records
+from tests.support.waits import check_alive, wait_for
 
 TANSU = ["tansu"] if "tansu" in BROKER_KINDS else BROKER_KINDS
 WIDE = 900
@@ -48,8 +48,8 @@ def test_a_wide_keyless_table_is_rejected_while_the_others_flow(broker: Broker, 
             conn.execute("INSERT INTO public.small SELECT g, 'late' FROM generate_series(10, 50) g")
         wait_converged(source_dsn, target_dsn, {"public.small": (["id", "v"], "id")}, timeout=180,
                        procs=[producer, sink])
-        dead = _read_all(broker.bootstrap, conf["kafka"]["topic_prefix"] + "._dlq", expect=6)
-        reasons = {headers(m).get("bridge.dlq.error", b"").decode() for m in dead}
+        dead = wait_records(broker.bootstrap, conf["kafka"]["topic_prefix"] + "._dlq", 6, procs=[producer, sink])
+        reasons = {(r.header("bridge.dlq.error") or b"").decode() for r in dead}
         assert len(dead) == 6, reasons
         assert all("public.wide" in r and "1600" in r.replace(",", "") and "primary key" in r for r in reasons), reasons
         check_alive([producer, sink])
@@ -59,23 +59,6 @@ def test_a_wide_keyless_table_is_rejected_while_the_others_flow(broker: Broker, 
         drop_slot(source_dsn, conf["source"]["slot"])
 
 
-def _read_all(bootstrap: str, topic: str, expect: int, timeout: float = 90.0) -> list:  # type: ignore[type-arg]
-    from confluent_kafka import Consumer
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{time.time_ns()}", "auto.offset.reset": "earliest",
-                  "enable.auto.commit": False})
-    c.subscribe([topic])
-    out = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(out) < expect and time.monotonic() < deadline:
-            out += [m for m in c.consume(100, 0.5) if m.error() is None]
-        out += [m for m in c.consume(100, 1.0) if m.error() is None]
-    finally:
-        c.close()
-    return out
-
-
 @pytest.mark.parametrize("broker", TANSU, indirect=True)
 def test_an_unreachable_target_is_logged_with_nothing_to_consume(broker: Broker, source_dsn: str, tmp_path: Path
                                                                  ) -> None:
@@ -83,15 +66,11 @@ def test_an_unreachable_target_is_logged_with_nothing_to_consume(broker: Broker,
     cfg = write_config(tmp_path, source_dsn=source_dsn, target_dsn=dead_target, bootstrap=broker.bootstrap)
     sink = BridgeProcess("sink", cfg, tmp_path).start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        def said() -> str:
             text = sink.logfile.read_text(errors="replace") if sink.logfile.exists() else ""
-            if "target unavailable" in text:
-                break
-            assert sink.alive(), sink.log_tail()
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"nothing said about the target:\n{sink.log_tail()}")
+            return text if "target unavailable" in text else ""
+
+        text = wait_for(said, 30, "the sink to say the target is unavailable", [sink])
         assert "127.0.0.1" in text or "connection" in text.lower()
         assert sink.alive(), sink.log_tail()
     finally:

@@ -16,8 +16,9 @@ import psycopg
 
 from bridge.codec.names import topic_name
 from tests.conftest import Broker
-from tests.hostile.source_topics import decoded, wait_for
-from tests.pipeline import BridgeProcess, slot_confirmed, write_config
+from tests.pipeline import BridgeProcess, wait_slot_active, write_config
+from tests.support.topics import decoded
+from tests.support.waits import wait_for
 
 
 def _changes(bootstrap: str, prefix: str, topic: str) -> list[tuple[str, object, object]]:
@@ -40,7 +41,7 @@ def test_primary_key_change_is_followed(broker: Broker, source_dsn: str, tmp_pat
     producer = BridgeProcess("produce", cfg, tmp_path).start()
     try:
         with psycopg.connect(source_dsn, autocommit=True) as conn:
-            wait_for(lambda: slot_confirmed(source_dsn, slot), 60, "the slot", [producer])
+            wait_slot_active(source_dsn, slot, producer)
             for t in ("acct", "quiet"):
                 conn.execute(f"UPDATE public.{t} SET v = 'before' WHERE a = 1")
                 conn.execute(f"DELETE FROM public.{t} WHERE a = 3")

@@ -14,8 +14,9 @@ import psycopg
 
 from bridge.codec.names import topic_name
 from tests.conftest import Broker
-from tests.hostile.source_topics import decoded, list_topics, wait_for
 from tests.pipeline import BridgeProcess, write_config
+from tests.support.topics import decoded, list_topics
+from tests.support.waits import wait_for
 
 
 def test_colliding_dotted_names_are_two_tables(broker: Broker, source_dsn: str, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -20,19 +20,19 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 
 from bridge.codec.names import topic_name
 from tests.conftest import Broker
-from tests.hostile.source_topics import decoded, wait_for
-from tests.pipeline import BridgeProcess, slot_confirmed, write_config
+from tests.pipeline import BridgeProcess, wait_slot_active, write_config
+from tests.support.topics import decoded
+from tests.support.waits import wait_for
 
 BIG = 1_500_000  # characters of incompressible text: over librdkafka's and Kafka's 1 MB defaults
 
 
 def _exit_code(proc: BridgeProcess, timeout: float = 60.0) -> int:
     assert proc.proc is not None
-    deadline = time.monotonic() + timeout
-    while proc.proc.poll() is None:
-        assert time.monotonic() < deadline, f"{proc.name} did not stop:\n{proc.log_tail()}"
-        time.sleep(0.2)
-    return proc.proc.returncode
+    try:
+        return proc.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{proc.name} did not stop:\n{proc.log_tail()}") from None
 
 
 def _still_in_slot(dsn: str, slot: str) -> bool:
@@ -57,7 +57,7 @@ def test_oversized_record_stops_with_an_actionable_error(broker: Broker, source_
     topic = topic_name(prefix, "public", "docs")
     producer = BridgeProcess("produce", cfg, tmp_path).start()
     with psycopg.connect(source_dsn, autocommit=True) as conn:
-        wait_for(lambda: slot_confirmed(source_dsn, slot_name), 60, "the slot", [producer])
+        wait_slot_active(source_dsn, slot_name, producer)
         conn.execute("INSERT INTO public.docs VALUES (1, 'small')")
         wait_for(lambda: any(r.value and r.value["after"]["id"] == 1 for r in decoded(broker.bootstrap, prefix, topic)),
                  60, "the small row", [producer])

@@ -16,8 +16,9 @@ import psycopg
 
 from bridge.codec.names import topic_name
 from tests.conftest import Broker
-from tests.hostile.source_topics import decoded, wait_for
-from tests.pipeline import BridgeProcess, slot_confirmed, write_config
+from tests.pipeline import BridgeProcess, wait_slot_active, write_config
+from tests.support.topics import decoded
+from tests.support.waits import wait_for
 
 
 def test_second_sql_producer_on_a_slot_fails_at_start(broker: Broker, source_dsn: str, tmp_path: Path) -> None:
@@ -30,7 +31,7 @@ def test_second_sql_producer_on_a_slot_fails_at_start(broker: Broker, source_dsn
     first = BridgeProcess("produce", cfg, tmp_path, name="first").start()
     second = BridgeProcess("produce", cfg, tmp_path, name="second")
     try:
-        wait_for(lambda: slot_confirmed(source_dsn, slot), 60, "the first producer's slot", [first])
+        wait_slot_active(source_dsn, slot, first)
         second.start()
         assert second.proc is not None
         try:

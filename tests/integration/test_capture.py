@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -15,6 +16,7 @@ from bridge.source.capture import ChangeSource, SqlCapture, StreamCapture, WalMe
 from bridge.source.slot import SlotManager, emit_heartbeat
 from tests.conftest import PgServer
 from tests.integration.test_slot import drop_slot
+from tests.support.waits import wait_for
 
 Line = tuple[Lsn, str]
 
@@ -78,11 +80,27 @@ def commits(lines: list[Line]) -> list[Lsn]:
     return [lsn for lsn, data in lines if data.startswith("COMMIT")]
 
 
-def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
+def status_updates_reach_the_server(cap: StreamCapture, dsn: str, slot: str, updates: int = 2) -> None:
+    """Read on (nothing may arrive) until the walsender of `slot` has received `updates` status
+    updates sent after this call: `pg_stat_replication.reply_time` moved past the server's time
+    at the call that many times."""
+    def reply_time() -> Any:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            row = c.execute("SELECT r.reply_time, now() FROM pg_stat_replication r JOIN pg_replication_slots s "
+                            "ON s.active_pid = r.pid WHERE s.slot_name = %s", (slot,)).fetchone()
+        assert row is not None, f"slot {slot} has no walsender"
+        return row
+
+    seen = [reply_time()[1]]
+
+    def replied() -> bool:
+        assert cap.read(0.1) == []
+        t = reply_time()[0]
+        if t is not None and t > seen[-1]:
+            seen.append(t)
+        return len(seen) > updates
+
+    wait_for(replied, 10, f"{updates} status updates at the server", interval=0.0)
 
 
 @pytest.fixture
@@ -107,15 +125,13 @@ def test_stream_delivers_peek_lines_and_confirms_exactly(source_dsn: str, slot_n
         assert got == expected
         assert cap.server_wal_end >= commits(expected)[-1]
         # Read everything, confirmed nothing: status updates (every 0.2 s) keep the slot where it was.
-        time.sleep(0.5)
-        assert cap.read(0.3) == []
+        status_updates_reach_the_server(cap, source_dsn, slot_name)
         assert slot_confirmed(source_dsn, slot_name) == start
         mid = commits(expected)[len(commits(expected)) // 2]
         cap.confirm(mid)
-        wait_for(lambda: slot_confirmed(source_dsn, slot_name) == mid)
+        wait_for(lambda: slot_confirmed(source_dsn, slot_name) == mid, 10, f"the slot confirmed at {mid}", interval=0.05)
         cap.confirm(start)  # lower: ignored
-        time.sleep(0.5)
-        cap.read(0.3)
+        status_updates_reach_the_server(cap, source_dsn, slot_name)
         assert slot_confirmed(source_dsn, slot_name) == mid
         # Heartbeats arrive as non-transactional message lines at the LSN they return.
         with psycopg.connect(source_dsn, autocommit=True) as c:
@@ -125,7 +141,8 @@ def test_stream_delivers_peek_lines_and_confirms_exactly(source_dsn: str, slot_n
         assert [lsn for lsn, _ in lines] == sorted(lsn for lsn, _ in lines)
         assert [lsn for lsn, _ in lines] == hb
         cap.confirm(hb[-1])
-        wait_for(lambda: slot_confirmed(source_dsn, slot_name) == hb[-1])
+        wait_for(lambda: slot_confirmed(source_dsn, slot_name) == hb[-1], 10, "the slot confirmed at the last heartbeat",
+                 interval=0.05)
     finally:
         cap.close()
     assert cap.reconnects == 0
@@ -232,7 +249,7 @@ def test_restart_redelivers_after_confirmed(pg: PgServer, source_dsn: str, slot_
         mid = cs[len(cs) // 3]
         cap.confirm(mid)
         if mode == "stream":
-            wait_for(lambda: slot_confirmed(source_dsn, slot_name) == mid)
+            wait_for(lambda: slot_confirmed(source_dsn, slot_name) == mid, 10, f"the slot confirmed at {mid}", interval=0.05)
         pg.local.restart("immediate")
         cut = expected.index((mid, next(d for lsn, d in expected if lsn == mid and d.startswith("COMMIT")))) + 1
         suffix = expected[cut:]

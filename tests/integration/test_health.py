@@ -6,7 +6,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from bridge import metrics
 from bridge.health import HealthServer, Heartbeat, PeriodicCheck
 from bridge.lsn import Lsn
 from tests.conftest import Broker
+from tests.support.waits import wait_for
 
 
 def get(url: str) -> tuple[int, str, str]:
@@ -25,13 +26,6 @@ def get(url: str) -> tuple[int, str, str]:
             return resp.status, resp.headers["Content-Type"], resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers["Content-Type"], exc.read().decode()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -82,7 +76,7 @@ def test_healthz_follows_the_heartbeat(server: HealthServer) -> None:
     beat = Heartbeat()
     server.register_liveness("loop", beat.check(0.3))
     assert get(server.url + "/healthz")[0] == 200
-    time.sleep(0.4)
+    time.sleep(0.4)  # the subject: 0.3 s without a beat is stale
     status, ctype, body = get(server.url + "/healthz")
     assert status == 503 and ctype == "application/json"
     assert json.loads(body) == {"status": "failing", "checks": {"loop": False}, "failing": ["loop"]}
@@ -117,7 +111,7 @@ def test_readyz_flips_when_the_broker_stops(own_broker: Broker, server: HealthSe
     try:
         server.register_readiness("broker", broker_reachable)
         server.register_readiness("broker_cached", cached)
-        wait_for(lambda: get(server.url + "/readyz")[0] == 200, 15, "/readyz 200 with the broker up")
+        wait_for(lambda: get(server.url + "/readyz")[0] == 200, 15, "/readyz 200 with the broker up", interval=0.1)
 
         own_broker.local.stop()
 
@@ -125,7 +119,7 @@ def test_readyz_flips_when_the_broker_stops(own_broker: Broker, server: HealthSe
             status, _, body = get(server.url + "/readyz")
             return status == 503 and set(json.loads(body)["failing"]) == {"broker", "broker_cached"}
 
-        wait_for(both_failing, 15, "/readyz 503 naming both broker checks with the broker stopped")
+        wait_for(both_failing, 15, "/readyz 503 naming both broker checks with the broker stopped", interval=0.1)
         status, _, body = get(server.url + "/readyz")
         data = json.loads(body)
         assert status == 503 and data["status"] == "failing"

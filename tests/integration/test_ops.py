@@ -29,7 +29,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.cli import build_parser
 from bridge.local import free_port
 from tests.conftest import BROKER_KINDS, Broker, PgServer
-from tests.pipeline import REPO, BridgeProcess, slot_confirmed, wait_converged, wait_slot_active, write_config
+from tests.pipeline import (
+    REPO,
+    BridgeProcess,
+    slot_confirmed,
+    stopped_cleanly,
+    wait_converged,
+    wait_slot_active,
+    write_config,
+)
+from tests.support.waits import check_alive, wait_for
 
 TANSU = ["tansu"] if "tansu" in BROKER_KINDS else BROKER_KINDS
 KAFKA = ["kafka"] if "kafka" in BROKER_KINDS else BROKER_KINDS
@@ -84,24 +93,6 @@ def msum(samples: Samples, name: str, **labels: str) -> float:
 
 def present(samples: Samples, name: str) -> bool:
     return any(n == name for n, _ in samples)
-
-
-def wait_for(cond: Any, timeout: float, what: str, procs: tuple[BridgeProcess, ...] = ()) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        for p in procs:
-            if p.proc is not None and p.proc.poll() is not None:
-                raise AssertionError(f"{p.name} exited {p.proc.returncode}:\n{p.log_tail()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n" +
-                                 "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in procs))
-        time.sleep(0.3)
-
-
-def stop_all(*procs: BridgeProcess) -> None:
-    codes = {p.name: p.terminate() for p in procs}
-    bad = {n: c for n, c in codes.items() if c != 0}
-    assert not bad, f"unclean exits {bad}:\n" + "\n".join(p.log_tail() for p in procs)
 
 
 def commands() -> list[str]:
@@ -253,7 +244,7 @@ def test_status_json_after_a_run(broker: Broker, source_dsn: str, target_dsn: st
     slot, group = conf["source"]["slot"], conf["sink"]["group_id"]
     producer = BridgeProcess("produce", cfg, tmp_path).start()
     sink = BridgeProcess("sink", cfg, tmp_path).start()
-    try:
+    with stopped_cleanly(producer, sink):
         wait_slot_active(source_dsn, slot, producer)
         small_workload(source_dsn)
         wait_converged(source_dsn, target_dsn, ITEMS, procs=[producer, sink])
@@ -292,8 +283,6 @@ def test_status_json_after_a_run(broker: Broker, source_dsn: str, target_dsn: st
         assert st["errors"] == []
         human = cli("status", "--config", str(cfg))
         assert human.returncode == 0 and f"slot {slot}" in human.stdout and "consumer lag 0" in human.stdout, human
-    finally:
-        stop_all(producer, sink)
     for p in (producer, sink):
         assert SECRET not in p.logfile.read_text(errors="replace"), f"{p.name} logged the password"
 
@@ -312,7 +301,7 @@ def test_metrics_present_and_moving(broker: Broker, source_dsn: str, target_dsn:
     pport, sport = free_port(), free_port()
     producer = BridgeProcess("produce", cfg, tmp_path, env={"BRIDGE_METRICS__PORT": str(pport)}).start()
     sink = BridgeProcess("sink", cfg, tmp_path, env={"BRIDGE_METRICS__PORT": str(sport)}).start()
-    try:
+    with stopped_cleanly(producer, sink):
         wait_slot_active(source_dsn, slot, producer)
         wait_for(lambda: http_get(f"http://127.0.0.1:{sport}/readyz")[0] == 200, 60, "sink ready", (producer, sink))
         before_p, before_s = scrape(pport), scrape(sport)
@@ -355,8 +344,6 @@ def test_metrics_present_and_moving(broker: Broker, source_dsn: str, target_dsn:
                     wait_for(ok, 20, f"{path} on port {port}", (producer, sink))
                 except AssertionError as exc:
                     raise AssertionError(f"{path} on port {port}: {last[-1]}") from exc
-    finally:
-        stop_all(producer, sink)
 
 
 # -- 8. idle progress ---------------------------------------------------------------------------
@@ -409,52 +396,52 @@ def test_idle_progress_retained_wal_bounded(pg: PgServer, broker: Broker, source
     writer = WalWriter(source_dsn, other)
     thread = threading.Thread(target=writer.run, args=(stop,), daemon=True)
     bound = 16 << 20
-    try:
-        wait_slot_active(source_dsn, slot, producer)
-        small_workload(source_dsn)
-        wait_converged(source_dsn, target_dsn, ITEMS, procs=[producer, sink])
-        with psycopg.connect(source_dsn, autocommit=True) as conn:
-            start_lsn = int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone()[0])  # type: ignore[index]
-            wait_for(lambda: (slot_confirmed(source_dsn, slot) or 0) >= start_lsn, 60, "caught up",
-                     (producer, sink))
-            thread.start()
-            samples: list[tuple[float, int, int]] = []  # (t, retained behind confirmed, behind restart)
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < 40:
-                row = conn.execute("SELECT pg_current_wal_lsn() - confirmed_flush_lsn, "
-                                   "pg_current_wal_lsn() - restart_lsn FROM pg_replication_slots "
-                                   "WHERE slot_name = %s", (slot,)).fetchone()
-                assert row is not None
-                samples.append((time.monotonic() - t0, int(row[0]), int(row[1])))
-                time.sleep(0.5)
-                assert producer.alive() and sink.alive()
+    with stopped_cleanly(producer, sink):
+        try:
+            wait_slot_active(source_dsn, slot, producer)
+            small_workload(source_dsn)
+            wait_converged(source_dsn, target_dsn, ITEMS, procs=[producer, sink])
+            with psycopg.connect(source_dsn, autocommit=True) as conn:
+                start_lsn = int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone()[0])  # type: ignore[index]
+                wait_for(lambda: (slot_confirmed(source_dsn, slot) or 0) >= start_lsn, 60, "caught up",
+                         (producer, sink))
+                thread.start()
+                samples: list[tuple[float, int, int]] = []  # (t, retained behind confirmed, behind restart)
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 40:
+                    row = conn.execute("SELECT pg_current_wal_lsn() - confirmed_flush_lsn, "
+                                       "pg_current_wal_lsn() - restart_lsn FROM pg_replication_slots "
+                                       "WHERE slot_name = %s", (slot,)).fetchone()
+                    assert row is not None
+                    samples.append((time.monotonic() - t0, int(row[0]), int(row[1])))
+                    time.sleep(0.5)  # sampling pace
+                    check_alive([producer, sink])
+                stop.set()
+                thread.join(30)
+                end_lsn = int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone()[0])  # type: ignore[index]
+            assert writer.error is None, writer.error
+            written = end_lsn - start_lsn
+            assert written > 64 << 20, f"only {written >> 20} MiB of WAL written: the test proves too little"
+            worst = max(s[1] for s in samples)
+            worst_restart = max(s[2] for s in samples)
+            print(f"\nWAL written {written >> 20} MiB in 40 s; retained behind confirmed_flush max "
+                  f"{worst / (1 << 20):.1f} MiB, behind restart_lsn max {worst_restart / (1 << 20):.1f} MiB")
+            assert worst < bound, f"retained WAL reached {worst} bytes (bound {bound}): {samples[-10:]}"
+            # and the slot kept moving: confirmed at the end is well past where the writes began
+            assert (slot_confirmed(source_dsn, slot) or 0) > start_lsn + (written - bound)
+            # WAL kept on disk follows restart_lsn, which PostgreSQL moves only at running-xacts records
+            # (every ~15 s): it lags more, but it moves too and never holds all that was written.
+            assert worst_restart < written, f"restart_lsn never moved: {samples[-10:]}"
+            with psycopg.connect(source_dsn) as conn:
+                restart = conn.execute("SELECT restart_lsn - '0/0' FROM pg_replication_slots WHERE slot_name = %s",
+                                       (slot,)).fetchone()
+            assert restart is not None and int(restart[0]) > start_lsn
+            with psycopg.connect(target_dsn) as conn:
+                assert conn.execute("SELECT to_regclass('public.ignored')").fetchone() == (None,)
+        finally:
             stop.set()
-            thread.join(30)
-            end_lsn = int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone()[0])  # type: ignore[index]
-        assert writer.error is None, writer.error
-        written = end_lsn - start_lsn
-        assert written > 64 << 20, f"only {written >> 20} MiB of WAL written: the test proves too little"
-        worst = max(s[1] for s in samples)
-        worst_restart = max(s[2] for s in samples)
-        print(f"\nWAL written {written >> 20} MiB in 40 s; retained behind confirmed_flush max "
-              f"{worst / (1 << 20):.1f} MiB, behind restart_lsn max {worst_restart / (1 << 20):.1f} MiB")
-        assert worst < bound, f"retained WAL reached {worst} bytes (bound {bound}): {samples[-10:]}"
-        # and the slot kept moving: confirmed at the end is well past where the writes began
-        assert (slot_confirmed(source_dsn, slot) or 0) > start_lsn + (written - bound)
-        # WAL kept on disk follows restart_lsn, which PostgreSQL moves only at running-xacts records
-        # (every ~15 s): it lags more, but it moves too and never holds all that was written.
-        assert worst_restart < written, f"restart_lsn never moved: {samples[-10:]}"
-        with psycopg.connect(source_dsn) as conn:
-            restart = conn.execute("SELECT restart_lsn - '0/0' FROM pg_replication_slots WHERE slot_name = %s",
-                                   (slot,)).fetchone()
-        assert restart is not None and int(restart[0]) > start_lsn
-        with psycopg.connect(target_dsn) as conn:
-            assert conn.execute("SELECT to_regclass('public.ignored')").fetchone() == (None,)
-    finally:
-        stop.set()
-        if thread.is_alive():
-            thread.join(30)
-        stop_all(producer, sink)
+            if thread.is_alive():
+                thread.join(30)
 
 
 # -- 9. demo ------------------------------------------------------------------------------------

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from tests.conftest import Broker
-from tests.pipeline import BridgeProcess, slot_confirmed, wait_converged, wait_slot_active, write_config
+from tests.pipeline import (
+    BridgeProcess,
+    slot_confirmed,
+    stopped_cleanly,
+    wait_converged,
+    wait_slot_active,
+    write_config,
+)
+from tests.support.waits import wait_for
 
 SCHEMA = r'''
 CREATE SCHEMA "My Schema";
@@ -85,7 +92,7 @@ def test_end_to_end(broker: Broker, source_dsn: str, target_dsn: str, tmp_path: 
     slot = json.loads(cfg.read_text())["source"]["slot"]
     producer = BridgeProcess("produce", cfg, tmp_path).start()
     sink = BridgeProcess("sink", cfg, tmp_path).start()
-    try:
+    with stopped_cleanly(producer, sink):
         wait_slot_active(source_dsn, slot, producer)
         workload(source_dsn)
         wait_converged(source_dsn, target_dsn, {t: (c, o) for t, (c, o) in TABLES.items()}, timeout=180,
@@ -97,12 +104,6 @@ def test_end_to_end(broker: Broker, source_dsn: str, target_dsn: str, tmp_path: 
             end = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
         assert end is not None
         # Everything written is applied, so the watermark (helped by heartbeats) passes the WAL end.
-        deadline = time.monotonic() + 60
-        while (slot_confirmed(source_dsn, slot) or 0) < int(end[0]) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        confirmed = slot_confirmed(source_dsn, slot)
-        assert confirmed is not None and confirmed >= int(end[0]), \
-            f"slot confirmed at {confirmed}, WAL end was {end[0]}: the ack loop did not close"
-    finally:
-        assert producer.terminate() == 0, producer.log_tail()
-        assert sink.terminate() == 0, sink.log_tail()
+        wait_for(lambda: (slot_confirmed(source_dsn, slot) or 0) >= int(end[0]), 60,
+                 "the slot confirmed past the WAL end: the ack loop closes", [producer, sink],
+                 last=lambda: f"confirmed {slot_confirmed(source_dsn, slot)}, WAL end {end[0]}")

@@ -29,24 +29,21 @@ import itertools
 import json
 import os
 import random
-import re
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from bridge.events import Position
-from bridge.produce.topics import position_from_headers
-from bridge.sink.loop import data_topic_pattern
 from tests.conftest import Broker, PgServer
 from tests.pipeline import BridgeProcess, slot_confirmed, wait_slot_active, write_config
+from tests.support.topics import Record, data_records, record_count
+from tests.support.waits import check_alive, wait_for
+from tests.support.workloads import COUNTED_SCHEMA, CountedWorkload, source_totals
 
 EXTERNAL = bool(os.environ.get("BRIDGE_TEST_BOOTSTRAP"))
 KILL_CHANGES = int(os.environ.get("BRIDGE_TEST_KILL_CHANGES", "200000"))
@@ -59,173 +56,12 @@ RSS_BOUND_MB = 450
 RETAINED_WAL_BOUND = 16 << 20
 IDLE_WAL_WRITTEN_MIN = 64 << 20
 
-SCHEMA = """
-CREATE TABLE public.items (id bigint PRIMARY KEY, v int NOT NULL, pad text);
-CREATE TABLE public.notes (id bigint PRIMARY KEY, body text NOT NULL);
-CREATE TABLE public.txlog (txn bigint PRIMARY KEY, changes int NOT NULL, deletes int NOT NULL);
-"""
+# -- checking Kafka against the source ---------------------------------------------------------
 
 
-# -- the workload ---------------------------------------------------------------------------------
-
-
-@dataclass
-class CountedWorkload:
-    """Transactions of set-based inserts, updates and deletes over two tables. Each transaction
-    also inserts its own `txlog` row `(txn, changes incl. that row, deletes)`, so the source
-    itself says how many changes were committed. Survives PostgreSQL restarts: after a failed
-    commit it looks its `txlog` row up to learn whether the transaction happened."""
-
-    dsn: str
-    target_changes: int
-    seed: int = 7
-    inserts: int = 300
-    rate: float = 0.0  # changes per second at most (0: as fast as it goes)
-    txns: int = 0
-    changes: int = 0
-    errors: int = 0
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def run(self, stop: threading.Event) -> None:
-        rng = random.Random(self.seed)
-        next_id = 1
-        conn: psycopg.Connection[Any] | None = None
-        started = time.monotonic()
-        try:
-            while self.changes < self.target_changes and not stop.is_set():
-                txn = self.txns + 1
-                try:
-                    if conn is None or conn.closed:
-                        conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=3)
-                    n, _deletes = self._txn(conn, rng, txn, next_id)
-                except psycopg.OperationalError:
-                    self.errors += 1
-                    if conn is not None:
-                        conn.close()
-                    conn = None
-                    found = self._committed(txn, stop)
-                    if found is None:
-                        continue  # rolled back: do it again (same ids, same txn number)
-                    n = found
-                self.txns = txn
-                self.changes += n
-                next_id += self.inserts
-                if self.rate:
-                    stop.wait(max(0.0, started + self.changes / self.rate - time.monotonic()))
-        finally:
-            if conn is not None and not conn.closed:
-                conn.close()
-            self.done.set()
-
-    def _txn(self, conn: psycopg.Connection[Any], rng: random.Random, txn: int, first: int) -> tuple[int, int]:
-        cur = conn.cursor()
-        cur.execute("INSERT INTO public.items SELECT g, 1, md5(g::text) "
-                    "FROM generate_series(%s::bigint, %s::bigint) g", (first, first + self.inserts - 1))
-        n = cur.rowcount
-        lo = rng.randint(1, first + self.inserts - 100)
-        cur.execute("UPDATE public.items SET v = v + 1 WHERE id BETWEEN %s AND %s", (lo, lo + 99))
-        n += cur.rowcount
-        lo = rng.randint(1, first + self.inserts - 30)
-        cur.execute("DELETE FROM public.items WHERE id BETWEEN %s AND %s", (lo, lo + 29))
-        deletes = cur.rowcount
-        n += deletes
-        cur.execute("INSERT INTO public.notes VALUES (%s, %s), (%s, %s) ON CONFLICT (id) DO UPDATE SET body = "
-                    "excluded.body", (txn % 50, f"note {txn}", 1000 + txn, "x" * (txn % 300)))
-        n += cur.rowcount
-        n += 1  # the txlog row itself
-        cur.execute("INSERT INTO public.txlog VALUES (%s, %s, %s)", (txn, n, deletes))
-        conn.commit()
-        return n, deletes
-
-    def _committed(self, txn: int, stop: threading.Event) -> int | None:
-        """After a lost connection: the committed transaction's change count, or None."""
-        while not stop.is_set():
-            try:
-                with psycopg.connect(self.dsn, connect_timeout=3) as conn:
-                    row = conn.execute("SELECT changes FROM public.txlog WHERE txn = %s", (txn,)).fetchone()
-                return None if row is None else int(row[0])
-            except psycopg.OperationalError:
-                time.sleep(0.2)
-        return None
-
-
-def source_totals(dsn: str) -> tuple[int, int, int]:
-    """(committed transactions, changes, deletes) as the source's txlog has them."""
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*), coalesce(sum(changes), 0), coalesce(sum(deletes), 0) "
-                           "FROM public.txlog").fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1]), int(row[2])
-
-
-# -- reading Kafka --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    position: Position
-    tombstone: bool
-
-
-def _data_partitions(bootstrap: str, prefix: str) -> list[TopicPartition]:
-    pattern = re.compile(data_topic_pattern(prefix))
-    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30)
-    return [TopicPartition(name, p) for name, t in md.topics.items() if pattern.match(name) for p in t.partitions]
-
-
-def record_count(bootstrap: str, prefix: str) -> int:
-    """Records in the data topics, from the partitions' watermarks (nothing is deleted there).
-    On Tansu the count lags (its high watermark is the last batch's base offset + 1): use it
-    only to see progress."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "faults-count"})
-    try:
-        total = 0
-        for tp in _data_partitions(bootstrap, prefix):
-            lo, hi = consumer.get_watermark_offsets(tp, timeout=10)
-            total += hi - lo
-        return total
-    finally:
-        consumer.close()
-
-
-def read_records(bootstrap: str, prefix: str, timeout: float = 300.0) -> list[Rec]:
-    """Every record of the bridge's data topics, in partition order. Reads each partition to its
-    end-of-partition event: Tansu's high watermark is the last batch's base offset + 1, so an
-    offset bound would stop early."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"faults-reader-{time.time()}",
-                         "enable.auto.commit": False, "enable.partition.eof": True, "fetch.queue.backoff.ms": 10})
-    ends: dict[tuple[str, int], int] = {}
-    for tp in _data_partitions(bootstrap, prefix):
-        lo, hi = consumer.get_watermark_offsets(tp, timeout=30)
-        if hi > lo:
-            ends[(tp.topic, tp.partition)] = hi
-    consumer.assign([TopicPartition(t, p, 0) for (t, p) in ends])
-    out: list[Rec] = []
-    pending = set(ends)
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for msg in consumer.consume(10_000, 1.0):
-            err = msg.error()
-            where = (msg.topic() or "", msg.partition() or 0)
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(where)
-                continue
-            pos = position_from_headers(msg.headers())
-            assert pos is not None, f"record without position headers in {where} at {msg.offset()}"
-            out.append(Rec(where[0], where[1], msg.offset() or 0, msg.key(), pos, msg.value() is None))
-    consumer.close()
-    assert not pending, f"could not read all records of {pending}"
-    return out
-
-
-def check_exactly_once(records: list[Rec], changes: int, deletes: int) -> None:
+def check_exactly_once(records: list[Record], changes: int, deletes: int) -> None:
     """Every change in Kafka once (a delete: its record and its tombstone), per key in order."""
-    offsets: dict[tuple[str, int, Position, bool], list[int]] = defaultdict(list)
+    offsets: dict[tuple[str, int, Position | None, bool], list[int]] = defaultdict(list)
     for r in records:
         offsets[(r.topic, r.partition, r.position, r.tombstone)].append(r.offset)
     dups = sorted((v, k) for k, v in offsets.items() if len(v) > 1)
@@ -237,7 +73,7 @@ def check_exactly_once(records: list[Rec], changes: int, deletes: int) -> None:
                                       f"{changes:,} changes ({changes - len(distinct):,} missing)")
     assert tombstones == deletes, f"{tombstones:,} tombstones for {deletes:,} deletes"
     assert len(records) == changes + deletes
-    per_key: dict[tuple[str, int, bytes | None], list[Rec]] = defaultdict(list)
+    per_key: dict[tuple[str, int, bytes | None], list[Record]] = defaultdict(list)
     for r in records:
         per_key[(r.topic, r.partition, r.key)].append(r)
     for (topic, part, key), recs in per_key.items():
@@ -262,23 +98,21 @@ def wait_confirmed(dsn: str, slot: str, lsn: int, producer: BridgeProcess, timeo
     """Wait until the slot is confirmed at or past `lsn` (`ack: kafka`: every record before it is
     delivered); returns the seconds waited. Fails if the producer exits."""
     started = time.monotonic()
-    while True:
+
+    def confirmed() -> int:
         try:
-            confirmed = slot_confirmed(dsn, slot) or 0
+            return slot_confirmed(dsn, slot) or 0
         except psycopg.OperationalError:
-            confirmed = 0
-        if confirmed >= lsn:
-            return time.monotonic() - started
-        assert producer.alive(), f"producer exited {producer.proc and producer.proc.returncode}:\n" \
-                                 f"{producer.log_tail()}"
-        assert time.monotonic() - started < timeout, \
-            f"slot confirmed at {confirmed}, not yet past {lsn} after {timeout} s:\n{producer.log_tail()}"
-        time.sleep(0.3)
+            return 0
+
+    wait_for(lambda: confirmed() >= lsn, timeout, f"the slot confirmed past {lsn}", [producer],
+             last=lambda: f"confirmed at {confirmed()}")
+    return time.monotonic() - started
 
 
 def _setup(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
+        conn.execute(COUNTED_SCHEMA)
 
 
 def _names(cfg: Path) -> tuple[str, str]:
@@ -312,8 +146,7 @@ def _run_faulted(source: str, bootstrap: str, tmp_path: Path, capture: str, chan
         load.done.wait(600)
         assert load.done.is_set(), "the workload did not finish"
         info["workload_s"] = round(time.monotonic() - started, 1)
-        if not producer.alive():
-            producer.start()  # the fault left it dead on purpose (kills); it must resume
+        check_alive([producer])  # a fault restarts what it kills: any other exit is a failure
         info["catch_up_s"] = round(wait_confirmed(source, slot, current_wal(source), producer), 1)
         info["total_s"] = round(time.monotonic() - started, 1)
     finally:
@@ -322,7 +155,7 @@ def _run_faulted(source: str, bootstrap: str, tmp_path: Path, capture: str, chan
         code = producer.terminate()
     assert code == 0, f"producer exited {code} on SIGTERM:\n{producer.log_tail()}"
     txns, total, deletes = source_totals(source)
-    records = read_records(bootstrap, prefix)
+    records = data_records(bootstrap, prefix)
     check_exactly_once(records, total, deletes)
     info.update(txns=txns, changes=total, deletes=deletes, records=len(records), workload_errors=load.errors)
     return producer, info
@@ -343,16 +176,13 @@ def test_kill9_restart_exactly_once(broker: Broker, source_dsn: str, tmp_path: P
         progress = [0]  # records in Kafka at each kill
         while producer.kills < MIN_KILLS or not load.done.is_set():
             # Kill while it produces: once it has added records since its (re)start, at a random moment.
-            deadline = time.monotonic() + 60
-            while record_count(broker.bootstrap, prefix) <= progress[-1]:
-                assert producer.alive(), f"producer exited by itself:\n{producer.log_tail()}"
-                assert time.monotonic() < deadline, f"no progress in 60 s after a restart:\n{producer.log_tail()}"
-                time.sleep(0.2)
-            time.sleep(rng.uniform(0.1, 2.5))
-            assert producer.alive(), f"producer exited by itself:\n{producer.log_tail()}"
+            wait_for(lambda: record_count(broker.bootstrap, prefix) > progress[-1], 60,
+                     "records produced since the restart", [producer], interval=0.2)
+            time.sleep(rng.uniform(0.1, 2.5))  # chaos pacing: a random moment
+            check_alive([producer])
             producer.kill()
             progress.append(record_count(broker.bootstrap, prefix))
-            time.sleep(rng.uniform(0.0, 0.5))
+            time.sleep(rng.uniform(0.0, 0.5))  # chaos pacing: down for a random while
             producer.start()
             assert producer.kills < 60, "the workload outlasted 60 kills"
         return {"kills": producer.kills, "records_at_kills": progress[1:]}
@@ -416,8 +246,7 @@ def test_million_row_transaction_bounded_rss(broker: Broker, source_dsn: str, tm
     sampler = threading.Thread(target=rss.run, args=(stop,), daemon=True)
     try:
         wait_slot_active(source_dsn, slot, producer)
-        time.sleep(1.0)
-        baseline_kb = rss.sample()
+        baseline_kb = rss.sample()  # for the report only
         sampler.start()
         started = time.monotonic()
         with psycopg.connect(source_dsn, autocommit=True) as conn:
@@ -433,11 +262,12 @@ def test_million_row_transaction_bounded_rss(broker: Broker, source_dsn: str, tm
         code = producer.terminate()
     assert code == 0, producer.log_tail()
     assert "spills to disk" in producer.logfile.read_text(), "the transaction never spilled: spill_bytes ignored?"
-    records = read_records(broker.bootstrap, prefix)
+    records = data_records(broker.bootstrap, prefix)
     assert len(records) == n, f"{len(records):,} records for {n:,} rows"
-    lsns = {r.position.commit_lsn for r in records}
+    positions = [r.position for r in records if r.position is not None]
+    lsns = {p.commit_lsn for p in positions}
     assert len(lsns) == 1, f"one transaction, {len(lsns)} commit LSNs"
-    assert sorted(r.position.seq for r in records) == list(range(n))
+    assert sorted(p.seq for p in positions) == list(range(n))
     peak_mb = rss.peak_kb / 1024
     print(f"\n{n:,}-row transaction: committed in {committed_s:.1f} s, all delivered after {through_s:.1f} s "
           f"({n / through_s:,.0f} rows/s end to end); producer RSS {baseline_kb / 1024:.0f} MB before, "
@@ -525,7 +355,7 @@ def test_postgres_restart_mid_stream(broker: Broker, pg: PgServer, source_dsn: s
     def restarts(producer: BridgeProcess, load: CountedWorkload) -> dict[str, Any]:
         took = {}
         for mode in ("fast", "immediate"):
-            time.sleep(3.0)
+            time.sleep(3.0)  # fault pacing: changes stream for a while
             assert not load.done.is_set(), "the workload ended before the restart: make it longer"
             t0 = time.monotonic()
             local.restart(mode)
@@ -549,7 +379,7 @@ def test_broker_outage_mid_stream(own_broker: Broker, source_dsn: str, tmp_path:
     local = own_broker.local
 
     def outage(producer: BridgeProcess, load: CountedWorkload) -> dict[str, Any]:
-        time.sleep(3.0)
+        time.sleep(3.0)  # fault pacing: changes stream for a while
         assert not load.done.is_set(), "the workload ended before the outage: make it longer"
         before = record_count(own_broker.bootstrap, prefix_of(producer))
         t0 = time.monotonic()
@@ -557,7 +387,7 @@ def test_broker_outage_mid_stream(own_broker: Broker, source_dsn: str, tmp_path:
             local.stop()
         else:
             local.pause()
-        time.sleep(10.0)
+        time.sleep(10.0)  # fault pacing: the outage lasts
         assert producer.alive(), f"producer exited during the outage:\n{producer.log_tail()}"
         if own_broker.kind == "kafka":
             local.start()
@@ -565,10 +395,8 @@ def test_broker_outage_mid_stream(own_broker: Broker, source_dsn: str, tmp_path:
             local.resume()
         back_s = time.monotonic() - t0
         # the producer resumes delivering: more records arrive
-        deadline = time.monotonic() + 60
-        while record_count(own_broker.bootstrap, prefix_of(producer)) <= before:
-            assert time.monotonic() < deadline, f"no progress after the broker came back:\n{producer.log_tail()}"
-            time.sleep(0.5)
+        wait_for(lambda: record_count(own_broker.bootstrap, prefix_of(producer)) > before, 60,
+                 "records produced after the broker came back", [producer], interval=0.5)
         return {"outage_s": round(back_s, 1), "resumed_after_s": round(time.monotonic() - t0 - back_s, 1),
                 "records_before": before}
 

@@ -27,15 +27,24 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
 from bridge.codec import EnvelopeDecoder, TopicSchemaStore
 from bridge.events import Op
 from bridge.local import free_port
 from bridge.produce.snapshot_state import SnapshotStateStore
-from bridge.produce.topics import position_from_headers
 from tests.conftest import BROKER_KINDS, Broker
-from tests.pipeline import REPO, BridgeProcess, wait_converged, wait_slot_active, write_config
+from tests.pipeline import (
+    REPO,
+    BridgeProcess,
+    stopped_cleanly,
+    wait_converged,
+    wait_slot_active,
+    wait_slot_created,
+    write_config,
+)
+from tests.support.topics import read_to_end
+from tests.support.waits import wait_for
 
 FULL = os.environ.get("BRIDGE_TEST_FULL") == "1"
 SNAPSHOT_ROWS = 1_000_000 if FULL else 60_000
@@ -159,43 +168,20 @@ def _state(bootstrap: str, prefix: str) -> Any:
 def _wait_snapshot_done(proc: BridgeProcess, tables: int, timeout: float) -> float:
     """Wait until the producer logged every table's snapshot done; returns the time it took."""
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
+
+    def done() -> bool:
         text = proc.logfile.read_text(errors="replace") if proc.logfile.exists() else ""
-        if sum(1 for line in text.splitlines() if "snapshot: public." in line and " done, " in line) >= tables:
-            return time.monotonic() - t0
-        if not proc.alive():
-            raise AssertionError(f"producer exited:\n{proc.log_tail()}")
-        time.sleep(0.2)
-    raise AssertionError(f"snapshot not done in {timeout}s:\n{proc.log_tail()}")
+        return sum(1 for line in text.splitlines() if "snapshot: public." in line and " done, " in line) >= tables
+
+    wait_for(done, timeout, f"the snapshot of {tables} tables", [proc], interval=0.2)
+    return time.monotonic() - t0
 
 
-def read_topic(bootstrap: str, topic: str) -> list[tuple[int, bytes | None, bytes | None, Any]]:
-    """Every record of `topic`: (partition, key, value, position)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{time.time_ns()}", "enable.auto.commit": False,
-                  "enable.partition.eof": True})
-    out: list[tuple[int, bytes | None, bytes | None, Any]] = []
-    try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        assign = []
-        for p in md.partitions:
-            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if hi > lo:
-                assign.append(TopicPartition(topic, p, lo))
-        c.assign(assign)
-        pending = {tp.partition for tp in assign}
-        deadline = time.monotonic() + 120
-        while pending and time.monotonic() < deadline:
-            for m in c.consume(5000, 1.0):
-                if m.error() is not None:
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition())
-                        continue
-                    raise AssertionError(str(m.error()))
-                out.append((m.partition(), m.key(), m.value(), position_from_headers(m.headers())))
-        assert not pending, f"could not read {topic} to its end"
-    finally:
-        c.close()
-    return out
+def _writes_go_on(writer: Writer, commits: int = 10, timeout: float = 60.0) -> None:
+    """Wait until the writer committed `commits` more transactions (writes after the snapshot)."""
+    start = writer.commits
+    wait_for(lambda: writer.commits >= start + commits or writer.error is not None, timeout,
+             f"{commits} more writer transactions")
 
 
 def check_no_duplicates(bootstrap: str, prefix: str, tables: list[str]) -> dict[str, int]:
@@ -203,19 +189,18 @@ def check_no_duplicates(bootstrap: str, prefix: str, tables: list[str]) -> dict[
     decoder = EnvelopeDecoder(TopicSchemaStore(bootstrap, prefix))
     reads: dict[str, int] = {}
     for t in tables:
-        records = read_topic(bootstrap, f"{prefix}.public.{t}")
         per_partition: dict[int, Counter[Any]] = {}
         keys: Counter[bytes] = Counter()
         n = 0
-        for partition, key, value, pos in records:
-            assert pos is not None
-            if value is None:
+        for r in read_to_end(bootstrap, [f"{prefix}.public.{t}"], timeout=120):
+            assert r.position is not None, f"record without position headers in {r.topic}/{r.partition}"
+            if r.value is None:
                 continue  # a tombstone shares its delete's position
-            per_partition.setdefault(partition, Counter())[pos] += 1
-            if decoder.decode(value).op is Op.READ:
+            per_partition.setdefault(r.partition, Counter())[r.position] += 1
+            if decoder.decode(r.value).op is Op.READ:
                 n += 1
-                if key is not None:
-                    keys[key] += 1
+                if r.key is not None:
+                    keys[r.key] += 1
         dup_pos = {p: [str(x) for x, k in c.items() if k > 1][:5] for p, c in per_partition.items()
                    if any(k > 1 for k in c.values())}
         assert not dup_pos, f"{t}: positions produced twice: {dup_pos}"
@@ -237,31 +222,29 @@ def test_initial_snapshot_under_concurrent_writes(broker: Broker, source_dsn: st
     producer = BridgeProcess("produce", cfg, tmp_path).start()
     sink = BridgeProcess("sink", cfg, tmp_path).start()
     writer = Writer(source_dsn, counts)
-    try:
-        wait_slot_active(source_dsn, conf["source"]["slot"], producer)
-        writer.start()
-        took = _wait_snapshot_done(producer, len(counts), timeout=900)
-        during = writer.commits
-        time.sleep(2)
-        writer.finish()
-        assert during > 0, "no write overlapped the snapshot"
-        wait_converged(source_dsn, target_dsn, TABLES, timeout=900, procs=[producer, sink])
-        print(f"\nsnapshot of {sum(counts.values())} rows: populate {populated:.1f}s, snapshot {took:.1f}s "
-              f"({sum(counts.values()) / took:,.0f} rows/s), {during} writer transactions during it, "
-              f"converged after {time.monotonic() - t0 - populated:.1f}s")
-        st = _state(broker.bootstrap, conf["kafka"]["topic_prefix"])
-        assert st is not None and st.done
-        rows = {p.table: p.rows for p in st.tables.values() if p.schema == "public"}
-        assert set(rows) == set(counts) and len(st.tables) == len(counts), st.tables
-        for t, n in counts.items():  # each writer transaction adds or removes at most 8 rows
-            assert abs(rows[t] - n) <= 8 * during, (t, rows[t], n)
-    finally:
-        writer.stop.set()
-        assert producer.terminate() == 0, producer.log_tail()
-        assert sink.terminate() == 0, sink.log_tail()
+    with stopped_cleanly(producer, sink):
+        try:
+            wait_slot_created(source_dsn, conf["source"]["slot"], producer)
+            writer.start()
+            took = _wait_snapshot_done(producer, len(counts), timeout=900)
+            during = writer.commits
+            _writes_go_on(writer)
+            writer.finish()
+            assert during > 0, "no write overlapped the snapshot"
+            wait_converged(source_dsn, target_dsn, TABLES, timeout=900, procs=[producer, sink])
+            print(f"\nsnapshot of {sum(counts.values())} rows: populate {populated:.1f}s, snapshot {took:.1f}s "
+                  f"({sum(counts.values()) / took:,.0f} rows/s), {during} writer transactions during it, "
+                  f"converged after {time.monotonic() - t0 - populated:.1f}s")
+            st = _state(broker.bootstrap, conf["kafka"]["topic_prefix"])
+            assert st is not None and st.done
+            rows = {p.table: p.rows for p in st.tables.values() if p.schema == "public"}
+            assert set(rows) == set(counts) and len(st.tables) == len(counts), st.tables
+            for t, n in counts.items():  # each writer transaction adds or removes at most 8 rows
+                assert abs(rows[t] - n) <= 8 * during, (t, rows[t], n)
+        finally:
+            writer.stop.set()
 
 
-@pytest.mark.parametrize("broker", TANSU, indirect=True)
 def _snapshot_metrics(port: int) -> tuple[dict[str, float], float]:
     """(snapshot rows per table, tables remaining) from the producer's /metrics; empty before it serves."""
     import re
@@ -276,6 +259,7 @@ def _snapshot_metrics(port: int) -> tuple[dict[str, float], float]:
     return rows, float(rem[1]) if rem else 0.0
 
 
+@pytest.mark.parametrize("broker", TANSU, indirect=True)
 def test_snapshot_resumes_after_kill(broker: Broker, source_dsn: str, target_dsn: str, tmp_path: Path) -> None:
     counts = populate(source_dsn, SNAPSHOT_ROWS)
     # Small chunks: many progress saves, so the kill lands inside the snapshot on a fast machine too.
@@ -287,45 +271,39 @@ def test_snapshot_resumes_after_kill(broker: Broker, source_dsn: str, target_dsn
     producer = BridgeProcess("produce", cfg, tmp_path, env={"BRIDGE_METRICS__PORT": str(port)}).start()
     sink = BridgeProcess("sink", cfg, tmp_path).start()
     writer = Writer(source_dsn, counts)
-    try:
-        wait_slot_active(source_dsn, conf["source"]["slot"], producer)
-        writer.start()
-        # Kill once a keyed table is part-way through (the keyless one is read first, whole),
-        # watching the producer's own snapshot metrics (cheap to poll often).
-        deadline = time.monotonic() + 300
-        killed_in: str | None = None
-        while killed_in is None and time.monotonic() < deadline:
-            rows, remaining = _snapshot_metrics(port)
-            busy = [t for t, n in rows.items() if n > 0 and t != "public.a_log"]
-            if busy and remaining >= 1:
-                time.sleep(random.uniform(0.0, 0.05))  # somewhere inside a chunk
-                producer.kill()
-                killed_in = busy[0]
-                break
-            time.sleep(0.02)
-        assert killed_in is not None, f"no progress to kill in:\n{producer.log_tail()}"
-        before = _state(broker.bootstrap, prefix)
-        assert before is not None and not before.done
-        producer.start()
-        _wait_snapshot_done(producer, 1, timeout=900)  # the resumed run logs the tables it finishes
-        st = None
-        while time.monotonic() < deadline + 600:
-            st = _state(broker.bootstrap, prefix)
-            if st is not None and st.done:
-                break
-            time.sleep(0.5)
-        assert st is not None and st.done
-        time.sleep(2)
-        writer.finish()
-        wait_converged(source_dsn, target_dsn, TABLES, timeout=900, procs=[producer, sink])
-        reads = check_no_duplicates(broker.bootstrap, prefix, [t for t in counts if t != "a_log"])
-        assert all(n > 0 for n in reads.values()), reads
-        log = producer.logfile.read_text(errors="replace")
-        assert "resuming the snapshot" in log, "the restarted producer did not resume the snapshot"
-    finally:
-        writer.stop.set()
-        assert producer.terminate() == 0, producer.log_tail()
-        assert sink.terminate() == 0, sink.log_tail()
+    with stopped_cleanly(producer, sink):
+        try:
+            wait_slot_created(source_dsn, conf["source"]["slot"], producer)
+            writer.start()
+            # Kill once a keyed table is part-way through (the keyless one is read first, whole),
+            # watching the producer's own snapshot metrics (cheap to poll often).
+            deadline = time.monotonic() + 300
+            killed_in: str | None = None
+            while killed_in is None and time.monotonic() < deadline:
+                rows, remaining = _snapshot_metrics(port)
+                busy = [t for t, n in rows.items() if n > 0 and t != "public.a_log"]
+                if busy and remaining >= 1:
+                    time.sleep(random.uniform(0.0, 0.05))  # somewhere inside a chunk
+                    producer.kill()
+                    killed_in = busy[0]
+                    break
+                time.sleep(0.02)
+            assert killed_in is not None, f"no progress to kill in:\n{producer.log_tail()}"
+            before = _state(broker.bootstrap, prefix)
+            assert before is not None and not before.done
+            producer.start()
+            _wait_snapshot_done(producer, 1, timeout=900)  # the resumed run logs the tables it finishes
+            wait_for(lambda: (st := _state(broker.bootstrap, prefix)) is not None and st.done, 600,
+                     "the snapshot state to say done", [producer, sink], interval=0.5)
+            _writes_go_on(writer)
+            writer.finish()
+            wait_converged(source_dsn, target_dsn, TABLES, timeout=900, procs=[producer, sink])
+            reads = check_no_duplicates(broker.bootstrap, prefix, [t for t in counts if t != "a_log"])
+            assert all(n > 0 for n in reads.values()), reads
+            log = producer.logfile.read_text(errors="replace")
+            assert "resuming the snapshot" in log, "the restarted producer did not resume the snapshot"
+        finally:
+            writer.stop.set()
 
 
 def _resnapshot(cfg: Path, table: str, chunk_rows: int) -> dict[str, Any]:
@@ -349,35 +327,29 @@ def test_resnapshot_under_concurrent_updates(broker: Broker, source_dsn: str, ta
     producer = BridgeProcess("produce", cfg, tmp_path).start()
     sink = BridgeProcess("sink", cfg, tmp_path).start()
     writer = Writer(source_dsn, counts, tables=("orders_c", "by_text"), pause_s=0.002)
-    try:
-        wait_slot_active(source_dsn, conf["source"]["slot"], producer)
-        writer.start()
-        for table in ("public.orders_c", '"public"."by_text"'):
-            assert _resnapshot(cfg, table, 500)["requested"] in ("public.orders_c", "public.by_text")
-        # keyless tables cannot be resnapshotted: refused, and the producer goes on
-        _resnapshot(cfg, "public.a_log", 500)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+    with stopped_cleanly(producer, sink):
+        try:
+            wait_slot_active(source_dsn, conf["source"]["slot"], producer)
+            writer.start()
+            for table in ("public.orders_c", '"public"."by_text"'):
+                assert _resnapshot(cfg, table, 500)["requested"] in ("public.orders_c", "public.by_text")
+            # keyless tables cannot be resnapshotted: refused, and the producer goes on
+            _resnapshot(cfg, "public.a_log", 500)
+            wait_for(lambda: "resnapshot of public.by_text done" in producer.logfile.read_text(errors="replace"), 300,
+                     "the resnapshot of public.by_text", [producer, sink])
             text = producer.logfile.read_text(errors="replace")
-            if text.count("resnapshot of public.") and "resnapshot of public.by_text done" in text:
-                break
-            assert producer.alive(), producer.log_tail()
-            time.sleep(0.3)
-        text = producer.logfile.read_text(errors="replace")
-        assert "resnapshot of public.orders_c done" in text and "resnapshot of public.by_text done" in text, \
-            producer.log_tail()
-        assert "resnapshot of public.a_log refused" in text
-        during = writer.commits
-        writer.finish()
-        assert during > 0
-        wait_converged(source_dsn, target_dsn, {t: TABLES[t] for t in ("public.orders_c", "public.by_text")},
-                       timeout=300, procs=[producer, sink])
-        dropped = [line for line in text.splitlines() if "resnapshot of public." in line and " done: " in line]
-        print("\n" + "\n".join(dropped))
-    finally:
-        writer.stop.set()
-        assert producer.terminate() == 0, producer.log_tail()
-        assert sink.terminate() == 0, sink.log_tail()
+            assert "resnapshot of public.orders_c done" in text and "resnapshot of public.by_text done" in text, \
+                producer.log_tail()
+            assert "resnapshot of public.a_log refused" in text
+            during = writer.commits
+            writer.finish()
+            assert during > 0
+            wait_converged(source_dsn, target_dsn, {t: TABLES[t] for t in ("public.orders_c", "public.by_text")},
+                           timeout=300, procs=[producer, sink])
+            dropped = [line for line in text.splitlines() if "resnapshot of public." in line and " done: " in line]
+            print("\n" + "\n".join(dropped))
+        finally:
+            writer.stop.set()
 
 
 def test_resnapshot_window_leaves_changed_keys_to_the_stream(source_dsn: str) -> None:
