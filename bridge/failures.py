@@ -165,9 +165,12 @@ KAFKA_TRANSIENT = frozenset({
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.REQUEST_TIMED_OUT, KafkaError.NETWORK_EXCEPTION,
 })
 # A partition whose leader is not ready yet (a topic just created: Apache Kafka answers
-# NOT_LEADER_FOR_PARTITION for a moment).
+# NOT_LEADER_FOR_PARTITION for a moment), or that the client's metadata does not know yet (a
+# topic created a moment ago, by this process or by one killed just after: librdkafka's local
+# _UNKNOWN_PARTITION / _UNKNOWN_TOPIC until its next metadata refresh).
 KAFKA_LEADER_NOT_READY = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                                    KafkaError.UNKNOWN_TOPIC_OR_PART})
+                                    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION,
+                                    KafkaError._UNKNOWN_TOPIC})
 
 
 def kafka_error_of(exc: BaseException) -> KafkaError | None:

@@ -133,6 +133,10 @@ def test_broker_transient_needs_a_kafka_error() -> None:
 def test_partition_not_ready() -> None:
     assert failures.partition_not_ready(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
     assert failures.partition_not_ready(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+    # a topic created a moment ago (the chaos run's producer was killed just after creating one):
+    # the client's metadata does not know the partition yet
+    assert failures.partition_not_ready(KafkaError(KafkaError._UNKNOWN_PARTITION))
+    assert failures.partition_not_ready(KafkaError(KafkaError._UNKNOWN_TOPIC))
     assert not failures.partition_not_ready(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
 
 
