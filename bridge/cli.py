@@ -98,7 +98,7 @@ def _health(cfg: Config) -> Any:
 def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
     """The producer and its collaborators; returns (producer, close). With `capture: sql` it first
     takes the slot's producer lock (`SlotLock`): a second producer on the slot stops here."""
-    from bridge.source.slot import SlotLock
+    from bridge.source.slot_lock import SlotLock
 
     cfg.require("source", "kafka")
     _probe_broker(cfg)

@@ -1,7 +1,7 @@
 """Waiting out an outage: call again, with a doubling delay, while the failure is transient.
 
 Used by the sink (target and broker calls) and by `cli.py` (connecting at start). The capture
-has its own reconnect pacing (`bridge.source.capture._Backoff`) because it is driven by its read
+has its own reconnect pacing (`bridge.source.capture_base._Backoff`) because it is driven by its read
 loop rather than a blocking call.
 """
 
