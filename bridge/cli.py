@@ -95,9 +95,10 @@ def _health(cfg: Config) -> Any:
     return HealthServer(cfg.metrics.host, cfg.metrics.port).start()
 
 
-def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
+def build_producer(cfg: Config, tick: Callable[[], None] = lambda: None) -> tuple[Any, Callable[[], None]]:
     """The producer and its collaborators; returns (producer, close). With `capture: sql` it first
-    takes the slot's producer lock (`SlotLock`): a second producer on the slot stops here."""
+    takes the slot's producer lock (`SlotLock`): a second producer on the slot stops here.
+    `tick` runs every turn of the producer loop, also while it is held (the liveness beat)."""
     from bridge.source.slot_lock import SlotLock
 
     cfg.require("source", "kafka")
@@ -107,28 +108,30 @@ def build_producer(cfg: Config) -> tuple[Any, Callable[[], None]]:
         lock = SlotLock(cfg.source.conninfo(), cfg.source.slot)
         lock.hold()
     try:
-        return _build_producer(cfg, lock)
+        return _build_producer(cfg, lock, tick)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
 
 
-def _build_producer(cfg: Config, lock: Any) -> tuple[Any, Callable[[], None]]:
+def _build_producer(cfg: Config, lock: Any, tick: Callable[[], None]) -> tuple[Any, Callable[[], None]]:
     from confluent_kafka import Producer
 
     from bridge.ack.channel import AckReader
     from bridge.ack.watermark import Ledger
     from bridge.codec import TableCodec
     from bridge.lsn import Lsn
-    from bridge.produce.producer import ChangeProducer, ProducerSettings, TableFilter, kafka_producer_config
+    from bridge.produce.factory import build_change_producer
+    from bridge.produce.producer import ProducerSettings, TableFilter, kafka_producer_config
+    from bridge.produce.resnapshot import Resnapshotter
     from bridge.produce.topics import TailReader, TopicManager
-    from bridge.produce.transactions import TransactionAssembler
     from bridge.relation import Relation
     from bridge.source.capture import SqlCapture, StreamCapture
     from bridge.source.catalog import Catalog
     from bridge.source.decoder import ChangeDecoder, KeyWatch
     from bridge.source.slot import SlotManager, emit_heartbeat, sql_connect
+    from bridge.source.transactions import TransactionAssembler
 
     src = cfg.source
     dsn = src.conninfo()
@@ -183,20 +186,19 @@ def _build_producer(cfg: Config, lock: Any) -> tuple[Any, Callable[[], None]]:
             heartbeat_conn[0] = None
             log.warning("heartbeat failed: %s", exc, extra={"slot": src.slot})
 
-    cp = ChangeProducer(
-        open_source=open_source, decoder=decoder, relation_of=catalog.relation, codec_for=codec_for,
-        producer=producer, topics=topics, tails=tails, ledger=Ledger(cfg.ack, start), acks=acks,
-        include=TableFilter(src.tables, src.exclude),
+    include = TableFilter(src.tables, src.exclude)
+    resnapshot = Resnapshotter(lambda: sql_connect(dsn, src.slot), catalog.relation, include)
+    cp = build_change_producer(
+        open_source=open_source, changes=decoder, relation_of=catalog.relation, codec_for=codec_for,
+        producer=producer, topics=topics, tails=tails, ledger=Ledger(cfg.ack, start), acks=acks, include=include,
         settings=ProducerSettings(topic_prefix=cfg.kafka.topic_prefix, db=db, tombstones=cfg.kafka.tombstones,
                                   heartbeat_interval_s=src.heartbeat_interval_s,
                                   confirm_idle=src.capture == "stream",
                                   message_max_bytes=_message_max_bytes(cfg)),
-        heartbeat=heartbeat, assembler=TransactionAssembler(src.spill_bytes), slot=src.slot,
-        key_watch=KeyWatch(catalog, decoder), signer=_signer(cfg))
-    cp.snapshot = _snapshot_plan(cfg, dsn, start, exported, producer, include=cp.include)
-    from bridge.produce.resnapshot import Resnapshotter
-
-    cp.resnapshot = resnapshot = Resnapshotter(lambda: sql_connect(dsn, src.slot), catalog.relation, cp.include)
+        assembler=TransactionAssembler(src.spill_bytes),
+        snapshot=_snapshot_plan(cfg, dsn, start, exported, producer, include=include),
+        resnapshot=resnapshot, key_watch=KeyWatch(catalog, decoder), heartbeat=heartbeat, tick=tick,
+        signer=_signer(cfg), slot=src.slot)
 
     def close() -> None:
         closers = (tails.close, catalog.close, resnapshot.close, acks.close if acks else None,
@@ -224,7 +226,7 @@ def _snapshot_plan(cfg: Config, dsn: str, start: Any, exported: tuple[Any, str, 
                    include: Any) -> Any:
     """The snapshot to run before streaming: a new one when the slot was just created with an
     exported snapshot, the rest of an interrupted one, or None."""
-    from bridge.produce.producer import SnapshotPlan
+    from bridge.produce.initial_snapshot import SnapshotPlan
     from bridge.produce.snapshot_state import SnapshotStateStore, snapshot_topic
     from bridge.produce.topics import TopicManager
     from bridge.source.slot import sql_connect
@@ -357,27 +359,33 @@ def _serve(args: argparse.Namespace, component: str, build: Callable[[Config], t
     cfg = _config(args)
     stop = _stop_event()
     health = _health(cfg)
-    service, close = _build_waiting(cfg, build, stop)
     beat = Heartbeat()
-    health.register_liveness(f"{component}_loop", beat.check(60.0))
-    health.register_readiness(f"{component}_loop", beat.check(30.0))
-    probes = _readiness(cfg, component)
-    for name, probe in probes.items():
-        health.register_readiness(name, probe)
-    step = service.step
     watch = _slot_watcher(cfg) if component == "producer" else None
 
     def ticking() -> None:
         beat.beat()
         if watch is not None:
             watch.tick()
-        step()
 
-    service.step = ticking
     if component == "producer":
-        # held for a refused schema: alive (restarting would not help), but not ready
-        service.hold_tick = beat.beat
+        # wired at construction: every loop turn, and while held for a refused schema (alive:
+        # restarting would not help, but not ready)
+        service, close = _build_waiting(cfg, lambda c: build_producer(c, tick=ticking), stop)
         health.register_readiness("schema_accepted", lambda: service.held_for is None)
+    else:
+        service, close = _build_waiting(cfg, build, stop)
+        step = service.step
+
+        def sink_ticking() -> None:
+            ticking()
+            step()
+
+        service.step = sink_ticking
+    health.register_liveness(f"{component}_loop", beat.check(60.0))
+    health.register_readiness(f"{component}_loop", beat.check(30.0))
+    probes = _readiness(cfg, component)
+    for name, probe in probes.items():
+        health.register_readiness(name, probe)
     try:
         service.run(stop)
     finally:
