@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from bridge import metrics
 from bridge.ack.watermark import InFlight, Ledger
 from bridge.codec.codec import Stamp
-from bridge.errors import ProduceError, RecordTooLargeError
+from bridge.errors import BridgeError, ProduceError, RecordTooLargeError
 from bridge.events import Position
 from bridge.lsn import Lsn
 from bridge.produce.acks import AckFollower
@@ -89,49 +89,44 @@ class Emitter:
         self._producer.flush(timeout)
 
     def emit(self, batch: Batch, route: Route, records: list[Out], seq: int) -> None:
-        """Send one event's records (position `(batch.entry.commit_lsn, seq)`), in order."""
+        """Send one event's records (position `(batch.entry.commit_lsn, seq)`), in order: each
+        unless its partition's tail holds it, waiting while too many are in flight."""
+        ledger, topics, producer = self._ledger, self._topics, self._producer
         headers = batch.headers(seq)
         for partition, key, value in records:
-            self.send(batch, route, partition, key, value, headers, seq)
+            if topics.checking:  # after a restart, until the stream has passed every partition's tail
+                tail = topics.tail(route.topic, partition)
+                if tail is not None and tail.covers(Position(batch.entry.commit_lsn, seq), value is None):
+                    ledger.present(batch.entry, route.tps[partition], seq)
+                    self.skipped_present += 1
+                    continue
+            while ledger.records_in_flight >= self._max_in_flight:
+                # Back-pressure inside a transaction too: without it a 1,000,000-row transaction
+                # sits whole in the client's queue (over 1 GB of RSS, invariant 6).
+                self._follower.poll(0.05)
+                self.check()
+            sent = headers if self._signer is None else [
+                *headers, self._signer.header(route.topic, partition, key, value)]
+            while True:
+                try:
+                    producer.produce(route.topic, value, key, partition=partition, on_delivery=batch.on_delivery,
+                                     headers=sent)
+                    break
+                except BufferError:
+                    producer.poll(0.05)  # the client's queue is full: wait for deliveries
+                except KafkaException as exc:
+                    raise self._refused(exc, batch, route, partition, key, value, seq) from exc
+            ledger.sent(batch.entry, route.tps[partition], seq)
+            route.produced += 1
 
-    def send(self, batch: Batch, route: Route, partition: int, key: bytes | None, value: bytes | None,
-             headers: Headers, seq: int) -> None:
-        """Send one record unless its partition's tail holds it; waits while too many are in flight."""
-        ledger = self._ledger
-        if self._topics.checking:  # after a restart, until the stream has passed every partition's tail
-            tail = self._topics.tail(route.topic, partition)
-            if tail is not None and tail.covers(Position(batch.entry.commit_lsn, seq), value is None):
-                ledger.present(batch.entry, route.tps[partition], seq)
-                self.skipped_present += 1
-                return
-        while ledger.records_in_flight >= self._max_in_flight:
-            # Back-pressure inside a transaction too: without it a 1,000,000-row transaction
-            # sits whole in the client's queue (over 1 GB of RSS, invariant 6).
-            self._follower.poll(0.05)
-            self.check()
-        if self._signer is not None:
-            headers = [*headers, self._signer.header(route.topic, partition, key, value)]
-        self._produce(batch, route, partition, key, value, headers, seq)
-        ledger.sent(batch.entry, route.tps[partition], seq)
-        route.produced += 1
-
-    def _produce(self, batch: Batch, route: Route, partition: int, key: bytes | None, value: bytes | None,
-                 headers: Headers, seq: int) -> None:
-        while True:
-            try:
-                self._producer.produce(route.topic, value, key, partition=partition, on_delivery=batch.on_delivery,
-                                       headers=headers)
-                return
-            except BufferError:
-                self._producer.poll(0.05)  # the client's queue is full: wait for deliveries
-            except KafkaException as exc:
-                err = exc.args[0] if exc.args else None
-                if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    raise too_large(route, key, value, "the producer's", self._message_max_bytes,
-                                    partition=partition, position=str(Position(batch.entry.commit_lsn, seq))
-                                    ) from exc
-                raise ProduceError(f"the Kafka client refused a record: {exc}", topic=route.topic,
-                                   partition=partition) from exc
+    def _refused(self, exc: KafkaException, batch: Batch, route: Route, partition: int, key: bytes | None,
+                 value: bytes | None, seq: int) -> BridgeError:
+        """The error for a record the client would not take."""
+        err = exc.args[0] if exc.args else None
+        if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            return too_large(route, key, value, "the producer's", self._message_max_bytes,
+                             partition=partition, position=str(Position(batch.entry.commit_lsn, seq)))
+        return ProduceError(f"the Kafka client refused a record: {exc}", topic=route.topic, partition=partition)
 
     def _delivery_callback(self, entry: InFlight) -> Callable[[KafkaError | None, Message], None]:
         """The delivery report handler of one ledger entry's records (one closure per entry)."""

@@ -96,26 +96,19 @@ class Router:
         route = self._routes.get(id(relation))
         if route is None or route.relation is not relation:
             route = self.route(relation)
-        op = event.op
-        codec = route.codec
-        seq = event.position.seq
+        op, before, after, seq = event.op, event.before, event.after, event.position.seq
+        codec, n = route.codec, route.partitions
         if op is Op.READ:
-            key = codec.key(event.after)
-            return route, [(partition_for(key, route.partitions), key,
-                            codec.envelope(None, event.after, op, seq, stamp))]
+            key = codec.key(after)
+            return route, [(partition_for(key, n), key, codec.envelope(None, after, op, seq, stamp))]
         route.captured[op] += 1
         if op is Op.TRUNCATE:
             value = codec.envelope(None, None, op, seq, stamp)
-            return route, [(p, None, value) for p in range(route.partitions)]
-        return route, self._row_records(route, event, stamp)
-
-    def _row_records(self, route: Route, event: ChangeEvent, stamp: Stamp) -> list[Out]:
-        codec, n = route.codec, route.partitions
-        op, before, after, seq = event.op, event.before, event.after, event.position.seq
+            return route, [(p, None, value) for p in range(n)]
         key = codec.key(after if after is not None else before)
         partition = partition_for(key, n)
         out: list[Out] = []
-        if op is Op.UPDATE and before is not None and after is not None and route.relation.primary_key:
+        if op is Op.UPDATE and before is not None and after is not None and relation.primary_key:
             old_key = codec.key(before)
             old_partition = partition_for(old_key, n)
             if old_key != key and old_partition != partition:
@@ -129,7 +122,7 @@ class Router:
         out.append((partition, key, codec.envelope(before, after, op, seq, stamp, event.unchanged)))
         if op is Op.DELETE and self._tombstones and key is not None:
             out.append((partition, key, None))
-        return out
+        return route, out
 
 
 __all__ = ["Out", "Route", "Router", "TableCodecLike"]
