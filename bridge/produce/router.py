@@ -26,6 +26,10 @@ from bridge.events import ChangeEvent, Op, Row
 from bridge.produce.topics import partition_for
 from bridge.relation import Relation
 
+# Module-level aliases: reading an enum member through its class costs ~80 ns on CPython 3.11,
+# a global ~25 ns, and `records` compares the op up to four times per event.
+_INSERT, _UPDATE, _DELETE, _READ, _TRUNCATE = Op.INSERT, Op.UPDATE, Op.DELETE, Op.READ, Op.TRUNCATE
+
 Out = tuple[int, bytes | None, bytes | None]
 """One record: (partition, key, value); value None is a tombstone, key None a keyless record."""
 
@@ -98,29 +102,29 @@ class Router:
             route = self.route(relation)
         op, before, after, seq = event.op, event.before, event.after, event.position.seq
         codec, n = route.codec, route.partitions
-        if op is Op.READ:
+        if op is _READ:
             key = codec.key(after)
             return route, [(partition_for(key, n), key, codec.envelope(None, after, op, seq, stamp))]
         route.captured[op] += 1
-        if op is Op.TRUNCATE:
+        if op is _TRUNCATE:
             value = codec.envelope(None, None, op, seq, stamp)
             return route, [(p, None, value) for p in range(n)]
         key = codec.key(after if after is not None else before)
         partition = partition_for(key, n)
         out: list[Out] = []
-        if op is Op.UPDATE and before is not None and after is not None and relation.primary_key:
+        if op is _UPDATE and before is not None and after is not None and relation.primary_key:
             old_key = codec.key(before)
             old_partition = partition_for(old_key, n)
             if old_key != key and old_partition != partition:
                 # A primary-key change across partitions: the old key's earlier changes are in
                 # its own partition, so its end must be there too, in order — a delete of the old
                 # key there and a create of the new key here (same position, one per partition).
-                out.append((old_partition, old_key, codec.envelope(before, None, Op.DELETE, seq, stamp)))
+                out.append((old_partition, old_key, codec.envelope(before, None, _DELETE, seq, stamp)))
                 if self._tombstones:
                     out.append((old_partition, old_key, None))
-                op, before = Op.INSERT, None
+                op, before = _INSERT, None
         out.append((partition, key, codec.envelope(before, after, op, seq, stamp, event.unchanged)))
-        if op is Op.DELETE and self._tombstones and key is not None:
+        if op is _DELETE and self._tombstones and key is not None:
             out.append((partition, key, None))
         return route, out
 

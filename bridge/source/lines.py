@@ -129,17 +129,23 @@ class LineKind(IntEnum):
     TRANSACTIONAL_MESSAGE = 5  # `message: transactional: 1 …`
 
 
+# Module-level aliases: reading an enum member through its class costs ~80 ns on CPython 3.11,
+# a global ~25 ns, and this runs for every line.
+_TABLE, _BEGIN, _COMMIT = LineKind.TABLE, LineKind.BEGIN, LineKind.COMMIT
+_MESSAGE, _TRANSACTIONAL_MESSAGE, _OTHER = LineKind.MESSAGE, LineKind.TRANSACTIONAL_MESSAGE, LineKind.OTHER
+
+
 def line_kind(line: str) -> LineKind:
     """The kind of `line` (called for every line by the assembler: a prefix test, no parsing).
     Never raises; a malformed line of a known kind is a `DecodeError` from `parse_line` later."""
     if line.startswith("table "):
-        return LineKind.TABLE
+        return _TABLE
     if line.startswith("BEGIN"):
-        return LineKind.BEGIN
+        return _BEGIN
     if line.startswith("COMMIT"):
-        return LineKind.COMMIT
+        return _COMMIT
     if line.startswith("message:"):
         if line.startswith("message: transactional: 1"):
-            return LineKind.TRANSACTIONAL_MESSAGE
-        return LineKind.MESSAGE
-    return LineKind.OTHER
+            return _TRANSACTIONAL_MESSAGE
+        return _MESSAGE
+    return _OTHER

@@ -101,6 +101,10 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
+_TABLE, _BEGIN, _COMMIT = LineKind.TABLE, LineKind.BEGIN, LineKind.COMMIT  # globals: cheaper than enum reads
+_MESSAGE, _TRANSACTIONAL_MESSAGE = LineKind.MESSAGE, LineKind.TRANSACTIONAL_MESSAGE
+
+
 class TransactionAssembler:
     """Feeds on (lsn, line) pairs in WAL order and hands out whole transactions.
 
@@ -140,12 +144,12 @@ class TransactionAssembler:
 
     def feed(self, lsn: Lsn, line: str) -> Transaction | Message | None:
         kind = line_kind(line)
-        if kind is LineKind.TABLE:
+        if kind is _TABLE:
             if not self._open:
                 raise DecodeError("change outside a transaction", line=line[:200], offset=0, lsn=str(lsn))
             self._add(line)
             return None
-        if kind is LineKind.BEGIN:
+        if kind is _BEGIN:
             if self._open:
                 raise DecodeError("BEGIN inside an open transaction", line=line[:200], offset=0, lsn=str(lsn))
             begin = parse_line(line)
@@ -153,16 +157,16 @@ class TransactionAssembler:
             self._open = True
             self._xid = begin.xid
             return None
-        if kind is LineKind.COMMIT:
+        if kind is _COMMIT:
             if not self._open:
                 raise DecodeError("COMMIT without BEGIN", line=line[:200], offset=0, lsn=str(lsn))
             commit = parse_line(line)
             assert isinstance(commit, CommitLine)
             return self._commit(lsn, commit)
-        if kind is LineKind.TRANSACTIONAL_MESSAGE and self._open:
+        if kind is _TRANSACTIONAL_MESSAGE and self._open:
             self._add(line)
             return None
-        if kind is LineKind.MESSAGE or kind is LineKind.TRANSACTIONAL_MESSAGE:
+        if kind is _MESSAGE or kind is _TRANSACTIONAL_MESSAGE:
             message = parse_line(line)
             assert isinstance(message, MessageLine)
             return Message(lsn, line, message)
