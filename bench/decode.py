@@ -13,7 +13,10 @@ those lines, in this process (single-threaded, so "one core"):
   the already-decoded changes, with one `Stamp` per transaction as the producer does;
 - `fastavro`: `fastavro.schemaless_writer` of the same envelopes, one record at a time (the
   generic library, for comparison with the compiled writers);
-- `pipeline`: parse + convert + key + envelope, together (a `Stamp` per BEGIN).
+- `pipeline`: parse + convert + key + envelope, together (a `Stamp` per BEGIN);
+- `stages`: the producer's own stages on the same lines, without Kafka: `TransactionAssembler`
+  → `Decoder` (`ChangeEvent`s) → `Router.records` (key, partition, envelope, tombstones), a
+  `Stamp` per transaction — `pipeline` plus assembly, events and routing.
 
 Every rate is in row changes per second (BEGIN/COMMIT lines are parsed but not counted), the
 median of `repeat` runs, also given per CPU second and as a ratio to `pg_peek_count` (PostgreSQL's
@@ -46,7 +49,7 @@ from bench.workload import create_orders, write_mix
 log = logging.getLogger(__name__)
 
 TARGET_PIPELINE = 150_000
-STAGES = ("parse", "parse_convert", "encode", "fastavro", "pipeline")
+STAGES = ("parse", "parse_convert", "encode", "fastavro", "pipeline", "stages")
 
 
 def peek_lines(dsn: str, slot: str, limit: int | None = None) -> list[tuple[str, str]]:
@@ -188,8 +191,27 @@ def measure_decode(dsn: str, slot: str, *, repeat: int = 3, limit: int | None = 
                 st, s = stamp_of(lsn), 0
         return n
 
+    def stages_run() -> int:
+        from bridge.produce.decode import Decoder
+        from bridge.produce.router import Router
+        from bridge.source.transactions import Transaction, TransactionAssembler
+
+        asm = TransactionAssembler()
+        stage = Decoder(decoder, catalog.relation, lambda schema, table: True)
+        router = Router(codec_for=codec_for, open_topic=lambda schema, table: (f"bench.{schema}.{table}", 6))
+        records, n = router.records, 0
+        for lsn, line in zip(lsns, lines, strict=True):
+            done = asm.feed(lsn, line)
+            if type(done) is Transaction:
+                st = stamp_of(done.commit_lsn)
+                for ev in stage.events(done):
+                    if type(ev) is ChangeEvent:
+                        records(ev, st)
+                        n += 1
+        return n
+
     fns: dict[str, Callable[[], int]] = {"parse": parse, "parse_convert": parse_convert, "encode": encode,
-                                         "fastavro": fastavro_write, "pipeline": pipeline}
+                                         "fastavro": fastavro_write, "pipeline": pipeline, "stages": stages_run}
     if peek_rate is None:
         peek_rate = pg_peek_count(dsn, slot, repeat=repeat)
     stages: dict[str, dict[str, float]] = {}
@@ -209,7 +231,8 @@ def format_decode(res: dict[str, Any]) -> str:
             "parse_convert": "parse + convert (ChangeDecoder, typed values)",
             "encode": "encode (TableCodec key + value, framed Avro)",
             "fastavro": "fastavro.schemaless_writer per envelope (comparison)",
-            "pipeline": "parse + convert + encode"}
+            "pipeline": "parse + convert + encode",
+            "stages": "the producer's stages: assemble → Decoder → Router"}
     lines = [f"| stage | rows/s | per CPU s | x pg_peek_count ({res['pg_peek_count']:,.0f}) | target |",
              "| --- | ---: | ---: | ---: | --- |"]
     for name in STAGES:

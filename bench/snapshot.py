@@ -7,7 +7,7 @@ Starts its own throwaway PostgreSQL and broker, fills `public.orders` with the i
 - COPY: `COPY (SELECT * FROM public.orders) TO STDOUT` read through psycopg 3 (text format,
   every byte pulled into Python), the ceiling for reading the table at all;
 - snapshot: the producer's own wiring (`app.build_producer`, slot created with EXPORT_SNAPSHOT,
-  `source.snapshot: initial`), timed around `ChangeProducer.run_snapshot` alone: keyset chunks,
+  `source.snapshot: initial`), timed around `InitialSnapshot.run` alone: keyset chunks,
   conversion, Avro encoding, produce, and each chunk's delivery (progress is saved per chunk).
 Each measurement is the median of `--repeat` runs (a fresh slot and topic prefix per run).
 Prints one JSON object and a short table.
@@ -21,7 +21,6 @@ import logging
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -88,12 +87,13 @@ def snapshot_rate(dsn: str, bootstrap: str, chunk_rows: int, workdir: Path) -> t
     cfg = load_config(str(path))
     producer, close = build_producer(cfg)
     try:
-        plan = producer.snapshot
-        assert plan is not None, "no snapshot planned"
+        snapshot = producer.snapshot
+        assert snapshot is not None, "no snapshot planned"
+        plan = snapshot.plan
         plan.chunk_rows = chunk_rows
         t0 = time.perf_counter()
-        producer.run_snapshot(plan, threading.Event())
-        producer.producer.flush(60)
+        snapshot.run(lambda: False)
+        producer.emitter.flush(60)
         took = time.perf_counter() - t0
         rows = sum(t.rows for t in plan.state.tables.values())
         in_kafka = count_records(bootstrap, f"snap{tag}.public.orders")

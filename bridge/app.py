@@ -18,6 +18,7 @@ from bridge.config import Config
 from bridge.errors import BridgeError
 from bridge.kafka.clients import client_extra, side_producer_config
 from bridge.kafka.topics import acks_topic, snapshot_topic
+from bridge.tables import TableFilter
 
 if TYPE_CHECKING:
     from bridge.ack.channel import AckReader
@@ -28,8 +29,7 @@ if TYPE_CHECKING:
     from bridge.produce.slotwatch import SlotWatcher
     from bridge.signing import Signer
     from bridge.source.catalog import Catalog
-    from bridge.source.slot import SlotLock
-    from bridge.tables import TableFilter
+    from bridge.source.slot_lock import SlotLock
 
 log = logging.getLogger("bridge.cli")
 
@@ -82,10 +82,11 @@ def health_server(cfg: Config) -> HealthServer:
 # -- producer ---------------------------------------------------------------------------------
 
 
-def build_producer(cfg: Config) -> Built:
+def build_producer(cfg: Config, tick: Callable[[], None] = lambda: None) -> Built:
     """The producer and its collaborators; returns (producer, close). With `capture: sql` it first
-    takes the slot's producer lock (`SlotLock`): a second producer on the slot stops here."""
-    from bridge.source.slot import SlotLock
+    takes the slot's producer lock (`SlotLock`): a second producer on the slot stops here.
+    `tick` runs every turn of the producer loop, also while it is held (the liveness beat)."""
+    from bridge.source.slot_lock import SlotLock
 
     cfg.require("source", "kafka")
     probe_broker(cfg)
@@ -94,7 +95,7 @@ def build_producer(cfg: Config) -> Built:
         lock = SlotLock(cfg.source.conninfo(), cfg.source.slot)
         lock.hold()
     try:
-        return _build_producer(cfg, lock)
+        return _build_producer(cfg, lock, tick)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -182,7 +183,7 @@ def ack_reader(cfg: Config, topics: TopicManager) -> AckReader | None:
                      signer=signer(cfg))
 
 
-def _build_producer(cfg: Config, lock: SlotLock | None) -> Built:
+def _build_producer(cfg: Config, lock: SlotLock | None, tick: Callable[[], None]) -> Built:
     from confluent_kafka import Producer
 
     from bridge.source.catalog import Catalog
@@ -197,39 +198,44 @@ def _build_producer(cfg: Config, lock: SlotLock | None) -> Built:
     producer = Producer(kafka_producer_config(cfg.kafka.bootstrap_servers, client_extra(cfg.kafka)))
     topics = topic_manager(cfg, cfg.kafka.partitions)
     acks = ack_reader(cfg, topics)
-    cp, tails = change_producer(cfg, catalog, catalog_conn.info.dbname, producer, topics, acks, start, lock)
-    cp.snapshot = snapshot_plan(cfg, start, exported, producer, include=cp.include)
-    cp.resnapshot = resnapshot = resnapshotter(cfg, catalog, cp.include)
+    include = TableFilter(src.tables, src.exclude)
+    resnapshot = resnapshotter(cfg, catalog, include)
+    cp, tails = change_producer(cfg, catalog, catalog_conn.info.dbname, producer, topics, acks, start, lock,
+                                include=include, snapshot=snapshot_plan(cfg, start, exported, producer, include),
+                                resnapshot=resnapshot, tick=tick)
     closers = (tails.close, catalog.close, resnapshot.close, acks.close if acks else None,
                exported[0].close if exported else None, lock.release if lock else None)
     return cp, _closing(closers)
 
 
 def change_producer(cfg: Config, catalog: Catalog, db: str, producer: Any, topics: TopicManager,
-                    acks: AckReader | None, start: Lsn, lock: SlotLock | None) -> tuple[Any, Any]:
-    """The `ChangeProducer` and its tail reader (closed by the caller)."""
+                    acks: AckReader | None, start: Lsn, lock: SlotLock | None, *, include: TableFilter,
+                    snapshot: Any, resnapshot: Any, tick: Callable[[], None]) -> tuple[Any, Any]:
+    """The `ChangeProducer`, wired at construction (`build_change_producer`), and its tail reader
+    (closed by the caller)."""
     from bridge.ack.watermark import Ledger
-    from bridge.produce.producer import ChangeProducer, ProducerSettings
+    from bridge.produce.factory import build_change_producer
+    from bridge.produce.producer import ProducerSettings
     from bridge.produce.topics import TailReader
-    from bridge.produce.transactions import TransactionAssembler
     from bridge.source.decoder import ChangeDecoder, KeyWatch
-    from bridge.tables import TableFilter
+    from bridge.source.transactions import TransactionAssembler
 
     src = cfg.source
     decoder = ChangeDecoder(catalog)
     tails = TailReader(cfg.kafka.bootstrap_servers, client_extra(cfg.kafka))
-    cp = ChangeProducer(
+    cp = build_change_producer(
         open_source=capture_opener(cfg, lock),
-        decoder=decoder, relation_of=catalog.relation,
+        changes=decoder, relation_of=catalog.relation,
         codec_for=codec_cache(cfg, schema_store(cfg), db),
         producer=producer, topics=topics, tails=tails, ledger=Ledger(cfg.ack, start), acks=acks,
-        include=TableFilter(src.tables, src.exclude),
+        include=include,
         settings=ProducerSettings(topic_prefix=cfg.kafka.topic_prefix, db=db, tombstones=cfg.kafka.tombstones,
                                   heartbeat_interval_s=src.heartbeat_interval_s,
                                   confirm_idle=src.capture == "stream",
                                   message_max_bytes=message_max_bytes(cfg)),
         heartbeat=heartbeat_emitter(cfg), assembler=TransactionAssembler(src.spill_bytes), slot=src.slot,
-        key_watch=KeyWatch(catalog, decoder), signer=signer(cfg))
+        key_watch=KeyWatch(catalog, decoder), signer=signer(cfg), snapshot=snapshot, resnapshot=resnapshot,
+        tick=tick)
     return cp, tails
 
 
@@ -254,7 +260,7 @@ def message_max_bytes(cfg: Config) -> int:
 def snapshot_plan(cfg: Config, start: Lsn, exported: Exported | None, producer: Any, include: TableFilter) -> Any:
     """The snapshot to run before streaming: a new one when the slot was just created with an
     exported snapshot, the rest of an interrupted one, or None."""
-    from bridge.produce.producer import SnapshotPlan
+    from bridge.produce.initial_snapshot import SnapshotPlan
     from bridge.produce.snapshot_state import SnapshotStateStore
     from bridge.source.slot import sql_connect
     from bridge.source.snapshot import SnapshotState, list_tables
@@ -309,9 +315,9 @@ def slot_watcher(cfg: Config) -> SlotWatcher:
 # -- sink -------------------------------------------------------------------------------------
 
 
-def build_sink(cfg: Config) -> Built:
+def build_sink(cfg: Config, tick: Callable[[], None] = lambda: None) -> Built:
     """The sink loop and its collaborators; returns (loop, close). Creates `<prefix>._acks` and the
-    dead-letter topic when missing."""
+    dead-letter topic when missing. `tick` runs every turn of the sink loop (the liveness beat)."""
     cfg.require("sink", "kafka")
     probe_broker(cfg)
     topics = topic_manager(cfg, 1)
@@ -320,10 +326,10 @@ def build_sink(cfg: Config) -> Built:
     from bridge.sink.apply import Applier
 
     applier = Applier(cfg.sink.conninfo(), state_schema=cfg.sink.state_schema)
-    return sink_loop(cfg, applier), _closing((applier.close,))
+    return sink_loop(cfg, applier, tick), _closing((applier.close,))
 
 
-def sink_loop(cfg: Config, applier: Any) -> Any:
+def sink_loop(cfg: Config, applier: Any, tick: Callable[[], None] = lambda: None) -> Any:
     """The `SinkLoop`: consumer, decoder, applier (with the truncate barrier), acks, dead letters,
     admission."""
     from confluent_kafka import Consumer, Producer
@@ -345,7 +351,7 @@ def sink_loop(cfg: Config, applier: Any) -> Any:
         settings=SinkSettings(topic_prefix=k.topic_prefix, group_id=s.group_id, batch_max_rows=s.batch_max_rows,
                               batch_max_bytes=s.batch_max_bytes, batch_max_ms=s.batch_max_ms),
         admission=Admission(k.topic_prefix, s.state_schema, s.tables),
-        signer=signer(cfg))
+        signer=signer(cfg), tick=tick)
 
 
 # -- running ----------------------------------------------------------------------------------

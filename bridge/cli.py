@@ -63,8 +63,8 @@ def _stop_event() -> threading.Event:
 # -- commands ---------------------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace, component: str, build: Callable[[Config], tuple[Any, Callable[[], None]]]
-           ) -> int:
+def _serve(args: argparse.Namespace, component: str,
+           build: Callable[[Config, Callable[[], None]], tuple[Any, Callable[[], None]]]) -> int:
     """Run one loop (producer or sink) until SIGTERM, with /healthz and /readyz wired to it."""
     from bridge import app
     from bridge.health import Heartbeat
@@ -73,26 +73,23 @@ def _serve(args: argparse.Namespace, component: str, build: Callable[[Config], t
     stop = _stop_event()
     health = app.health_server(cfg)
     dsn = cfg.source.conninfo if component == "producer" else cfg.sink.conninfo
-    service, close = app.build_waiting(cfg, build, stop, dsn)
     beat = Heartbeat()
-    health.register_liveness(f"{component}_loop", beat.check(60.0))
-    health.register_readiness(f"{component}_loop", beat.check(30.0))
-    probes = app.readiness(cfg, component)
-    for name, probe in probes.items():
-        health.register_readiness(name, probe)
-    step = service.step
     watch = app.slot_watcher(cfg) if component == "producer" else None
 
     def ticking() -> None:
         beat.beat()
         if watch is not None:
             watch.tick()
-        step()
 
-    service.step = ticking
+    # wired at construction: every loop turn (and, for the producer, while it is held for a
+    # refused schema: alive, since restarting would not help, but not ready)
+    service, close = app.build_waiting(cfg, lambda c: build(c, ticking), stop, dsn)
+    health.register_liveness(f"{component}_loop", beat.check(60.0))
+    health.register_readiness(f"{component}_loop", beat.check(30.0))
+    probes = app.readiness(cfg, component)
+    for name, probe in probes.items():
+        health.register_readiness(name, probe)
     if component == "producer":
-        # held for a refused schema: alive (restarting would not help), but not ready
-        service.hold_tick = beat.beat
         health.register_readiness("schema_accepted", lambda: service.held_for is None)
     try:
         service.run(stop)

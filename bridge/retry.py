@@ -1,8 +1,8 @@
 """Waiting out an outage: call again, with a doubling delay, while the failure is transient.
 
 Used by the sink (target and broker calls) and by `bridge/app.py` (connecting at start); what is
-transient is decided by `bridge/failures.py`. The capture
-has its own reconnect pacing (`bridge.source.capture._Backoff`) because it is driven by its read
+transient is decided by `bridge/failures.py`. The capture has its own reconnect pacing
+(`bridge.source.capture_base._Backoff`) because it is driven by its read
 loop rather than a blocking call.
 """
 

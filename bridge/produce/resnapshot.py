@@ -25,10 +25,11 @@ test_decoding with `skip-empty-xacts` without BEGIN/COMMIT, when its transaction
 the message record's own LSN, which may be below a commit already streamed.) A request written
 inside a transaction that also changes rows arrives within that transaction and works too.
 
-Everything runs on the producer's loop thread: the hooks below are called from `_publish`, the
-reads and the watermark writes are short SQL statements made there. The rows go through the
-producer's `_send` with the high-watermark transaction's ledger entry, so the watermark accounts
-for them like any other record.
+An event source: everything runs on the producer's loop thread. The hooks below are called for
+each transaction and message; the reads and the watermark writes are short SQL statements made
+there. The rows come out as op `r` `ChangeEvent`s (`read_events`) that the producer sends
+through the same Router and Emitter as streamed changes, in the high-watermark transaction's
+ledger entry, so the watermark accounts for them like any other record.
 
 Crash safety: the request transaction's ledger entry is held open until its resnapshot is done,
 so the slot is not confirmed past the request; a producer that dies mid-way sees the request
@@ -50,6 +51,7 @@ import psycopg
 
 from bridge.ack.watermark import InFlight
 from bridge.errors import BridgeError, SchemaError, SourceError
+from bridge.events import ChangeEvent, Op, Position
 from bridge.lsn import Lsn
 from bridge.relation import Relation
 from bridge.source.snapshot import DEFAULT_CHUNK_ROWS, TableReader
@@ -57,7 +59,8 @@ from bridge.source.test_decoding import MessageLine
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_MESSAGE = "prefix: bridge.snapshot."  # how the producer spots these lines cheaply
+SNAPSHOT_MESSAGE = "prefix: bridge.snapshot."  # how these lines are spotted cheaply in text
+SNAPSHOT_PREFIX = "bridge.snapshot."  # every message prefix below starts with it
 REQUEST_PREFIX = "bridge.snapshot.request"
 LOW_PREFIX = "bridge.snapshot.low"
 HIGH_PREFIX = "bridge.snapshot.high"
@@ -250,6 +253,15 @@ class Resnapshotter:
             if row is not None:
                 job.changed.add(tuple(row[i] for i in idx))
 
+    def observe_event(self, event: ChangeEvent) -> None:
+        """A streamed event of a replicated table (called for each, before it is sent)."""
+        if self._job is None:
+            return
+        if event.op is Op.TRUNCATE:
+            self.observe_truncate(event.relation.schema, event.relation.table)
+        else:
+            self.observe(event.relation, event.before, event.after)
+
     def observe_truncate(self, schema: str, table: str) -> None:
         job = self._job
         if job is not None and job.window and job.request.schema == schema and job.request.table == table:
@@ -284,6 +296,17 @@ class Resnapshotter:
         else:
             self._finish(job)
         return rel, out
+
+    def read_events(self, commit_lsn: Lsn, first: int, xid: int, commit_ts_us: int | None
+                    ) -> tuple[Relation, list[ChangeEvent]] | None:
+        """`take_reads` as op `r` events at `(commit_lsn, first)`, `(commit_lsn, first + 1)`, …"""
+        taken = self.take_reads()
+        if taken is None:
+            return None
+        rel, rows = taken
+        return rel, [ChangeEvent(relation=rel, op=Op.READ, position=Position(commit_lsn, seq), xid=xid,
+                                 commit_ts_us=commit_ts_us, before=None, after=row, snapshot=True)
+                     for seq, row in enumerate(rows, first)]
 
     def release(self) -> list[InFlight]:
         """Ledger entries of requests whose resnapshot is done (or refused late): close them."""
@@ -353,13 +376,13 @@ class Resnapshotter:
 
     def _read_chunk(self, job: _Job) -> None:
         """At the low watermark: open the window, read the chunk, write the high watermark."""
-        assert job.reader is not None
+        reader = job.reader
+        assert reader is not None
         job.window = True
         job.changed = set()
         job.truncated = False
-        job.rows, job.next_key = self._sql(lambda conn: job.reader.read_chunk(conn, job.last_key)  # type: ignore[union-attr]
-                                           , job.request.qualified)
-        job.full = len(job.rows) >= job.reader.chunk_rows
+        job.rows, job.next_key = self._sql(lambda conn: reader.read_chunk(conn, job.last_key), job.request.qualified)
+        job.full = len(job.rows) >= reader.chunk_rows
         self._write(HIGH_PREFIX, job, advance=False)
 
     def _write(self, prefix: str, job: _Job, advance: bool = True) -> None:
@@ -385,5 +408,5 @@ class Resnapshotter:
         raise AssertionError("unreachable")
 
 
-__all__ = ["HIGH_PREFIX", "LOW_PREFIX", "REQUEST_PREFIX", "SNAPSHOT_MESSAGE", "ResnapshotRequest", "Resnapshotter", "emit_request",
+__all__ = ["HIGH_PREFIX", "LOW_PREFIX", "REQUEST_PREFIX", "SNAPSHOT_MESSAGE", "SNAPSHOT_PREFIX", "ResnapshotRequest", "Resnapshotter", "emit_request",
            "parse_request", "parse_table_name"]

@@ -114,7 +114,7 @@ class SinkLoop:
     def __init__(self, *, consumer: Consumer, decode: Callable[[bytes], ChangeEvent], applier: ApplierLike,
                  acks: AckPublisher, dead_letters: DeadLetters, settings: SinkSettings,
                  stop: threading.Event | None = None, admission: Admission | None = None,
-                 signer: Signer | None = None) -> None:
+                 signer: Signer | None = None, tick: Callable[[], None] = lambda: None) -> None:
         self.consumer = consumer
         self.decode = decode
         self.applier = applier
@@ -124,6 +124,7 @@ class SinkLoop:
                                      retry_broker=self._kafka_retry)
         self.admission = admission or Admission(settings.topic_prefix, STATE_SCHEMA)
         self.signer = signer
+        self.tick = tick  # every turn of the loop: the liveness beat
         self.stop = stop or threading.Event()
         self._waiting: dict[PartitionKey, _Waiting] = {}
         self._unread: set[PartitionKey] = set()  # partitions sought back for the registry
@@ -179,6 +180,7 @@ class SinkLoop:
         metrics.UP.labels("sink").set(1)
         try:
             while not stop.is_set():
+                self.tick()
                 self.step()
             self.checkpoint.commit()
         finally:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bridge.errors import DecodeError, SchemaError, SourceError
-from bridge.events import Op, Row
+from bridge.events import ChangeEvent, Op, Position, Row
 from bridge.lsn import Lsn
 from bridge.relation import Relation
 from bridge.source.catalog import Catalog
@@ -177,7 +177,13 @@ class ChangeDecoder:
         self._decoders: dict[tuple[str, str], RowDecoder] = {}
 
     def decode(self, change: ChangeLine) -> tuple[Relation, Op, Row | None, Row | None, tuple[str, ...]]:
-        """`(relation, op, before, after, unchanged)` for one change line.
+        """`(relation, op, before, after, unchanged)` for one change line (see `event`)."""
+        dec = self._row_decoder(change)
+        op, before, after, unchanged = dec.decode(change)
+        return dec.relation, op, before, after, unchanged
+
+    def event(self, change: ChangeLine, position: Position, xid: int, commit_ts_us: int | None) -> ChangeEvent:
+        """The `ChangeEvent` of one change line at `position`.
 
         Called for every INSERT/UPDATE/DELETE line, in WAL order. Guarantees: the relation
         returned describes the rows returned. When the line's columns differ from the cached
@@ -186,12 +192,18 @@ class ChangeDecoder:
         names and types (also when the table no longer exists in the catalog). Raises DecodeError
         for values that do not convert, SourceError when the catalog cannot be read.
         """
-        key = (change.schema, change.table)
-        dec = self._decoders.get(key)
+        dec = self._decoders.get((change.schema, change.table))
         if dec is None or not dec.matches(change):
             dec = self._follow(change, dec)
         op, before, after, unchanged = dec.decode(change)
-        return dec.relation, op, before, after, unchanged
+        return ChangeEvent(relation=dec.relation, op=op, position=position, xid=xid, commit_ts_us=commit_ts_us,
+                           before=before, after=after, unchanged=unchanged)
+
+    def _row_decoder(self, change: ChangeLine) -> RowDecoder:
+        dec = self._decoders.get((change.schema, change.table))
+        if dec is None or not dec.matches(change):
+            dec = self._follow(change, dec)
+        return dec
 
     def redecode(self, change: ChangeLine, *, from_line: bool = False
                  ) -> tuple[Relation, Op, Row | None, Row | None, tuple[str, ...]]:
@@ -216,6 +228,12 @@ class ChangeDecoder:
         self._decoders[(schema, table)] = dec
         op, before, after, unchanged = dec.decode(change)
         return dec.relation, op, before, after, unchanged
+
+    def reevent(self, change: ChangeLine, event: ChangeEvent, *, from_line: bool = False) -> ChangeEvent:
+        """`event` (of `change`) decoded again as `redecode` does: same position, xid and time."""
+        relation, op, before, after, unchanged = self.redecode(change, from_line=from_line)
+        return ChangeEvent(relation=relation, op=op, position=event.position, xid=event.xid,
+                           commit_ts_us=event.commit_ts_us, before=before, after=after, unchanged=unchanged)
 
     def reload(self, schema: str, table: str) -> None:
         """Re-read `schema.table` from the catalog (its key changed): the next change of it is

@@ -41,10 +41,44 @@ without it).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from bridge.errors import DecodeError
+from bridge.source.lines import (
+    UNCHANGED,
+    BeginLine,
+    ChangeLine,
+    CommitLine,
+    Line,
+    LineKind,
+    MessageLine,
+    RawTuple,
+    RawValue,
+    TruncateLine,
+    Unchanged,
+    line_kind,
+)
+from bridge.source.test_decoding_grammar import (
+    _BEGIN,
+    _CHANGE_HEAD,
+    _COL,
+    _COMMIT,
+    _MAX_XID,
+    _MSG_HEAD,
+    _MSG_SZ,
+    _NEW_TUPLE,
+    _NO_TUPLE,
+    _OLD_KEY,
+    _Q_VALUE_BODY,
+    _REL,
+    _SPECIAL,
+    _TRUNCATE,
+    _TUPLE,
+    _error,
+    _head_error,
+    _raise_message,
+    _tuple_error,
+)
 
 __all__ = [
     "UNCHANGED",
@@ -52,157 +86,16 @@ __all__ = [
     "ChangeLine",
     "CommitLine",
     "Line",
+    "LineKind",
     "MessageLine",
     "RawTuple",
     "RawValue",
     "TruncateLine",
     "Unchanged",
+    "line_kind",
     "parse_line",
 ]
 
-
-class Unchanged:
-    """The type of `UNCHANGED`: a TOAST value the change did not carry (`unchanged-toast-datum`).
-
-    A singleton: `Unchanged()` returns `UNCHANGED`; compare with `is`.
-    """
-
-    __slots__ = ()
-    _instance: Unchanged | None = None
-
-    def __new__(cls) -> Unchanged:
-        inst = cls._instance
-        if inst is None:
-            inst = cls._instance = super().__new__(cls)
-        return inst
-
-    def __repr__(self) -> str:
-        return "UNCHANGED"
-
-    def __reduce__(self) -> tuple[type[Unchanged], tuple[()]]:
-        return (Unchanged, ())
-
-
-UNCHANGED: Final[Unchanged] = Unchanged()
-
-RawValue = str | None | Unchanged
-"""A column value as text: quoted values with `''` already unescaped, unquoted ones as printed
-(`123`, `-1.5e+10`, `NaN`, `true`/`false` for booleans), bit strings without `B'…'`;
-`None` for `null`, `UNCHANGED` for `unchanged-toast-datum`."""
-
-
-@dataclass(slots=True)
-class RawTuple:
-    """The columns of one printed tuple, in printed order. Names are unquoted; types are the
-    `format_type_be` text exactly as printed (`integer[]`, `"My Schema"."My Enum"`)."""
-
-    names: list[str]
-    types: list[str]
-    values: list[RawValue]
-
-
-@dataclass(slots=True)
-class BeginLine:
-    """`BEGIN <xid>`."""
-
-    xid: int
-
-
-@dataclass(slots=True)
-class CommitLine:
-    """`COMMIT <xid> (at <timestamp>)`; `commit_ts` is the raw `timestamptz` text."""
-
-    xid: int | None
-    commit_ts: str | None
-
-
-@dataclass(slots=True)
-class ChangeLine:
-    """`table S.T: INSERT|UPDATE|DELETE: …`.
-
-    `new` is the new tuple (INSERT, UPDATE); `old` the old-key / replica identity tuple (UPDATE
-    with `old-key:`, DELETE). Either is `None` where the line has none or says `(no-tuple-data)`.
-    """
-
-    schema: str
-    table: str
-    op: str  # 'INSERT' | 'UPDATE' | 'DELETE'
-    new: RawTuple | None
-    old: RawTuple | None
-
-
-@dataclass(slots=True)
-class TruncateLine:
-    """`table S1.T1, S2.T2: TRUNCATE: [restart_seqs] [cascade] | (no-flags)`."""
-
-    relations: list[tuple[str, str]]
-    restart_seqs: bool
-    cascade: bool
-
-
-@dataclass(slots=True)
-class MessageLine:
-    """`message: transactional: 0|1 prefix: <prefix>, sz: <bytes> content:<content>`."""
-
-    transactional: bool
-    prefix: str
-    content: str
-
-
-Line = BeginLine | CommitLine | ChangeLine | TruncateLine | MessageLine
-
-# --- grammar -------------------------------------------------------------------------------------
-# Possessive quantifiers and atomic groups (Python >= 3.11) keep every pattern linear: no
-# backtracking into a quoted string or a name, whatever the input.
-
-_Q_IDENT_BODY = r'[^"]*+(?:""[^"]*+)*+'  # inside "…", with "" for "
-_BARE_IDENT = r"[A-Za-z_][A-Za-z0-9_$]*+"  # quote_identifier leaves only [a-z_][a-z0-9_]* bare
-# A type name runs to the first `]:` outside double quotes (`integer[]`, `"a]:b"[]`).
-_TYPE = rf'(?:[^"\]]++|"{_Q_IDENT_BODY}"|\](?!:))++'
-_Q_VALUE_BODY = r"[^']*+(?:''[^']*+)*+"
-_BARE_VALUE = r"[-+.0-9A-Za-z]++(?!')"  # numbers, NaN/Infinity, true/false, null, unchanged-toast-datum
-
-# One column; groups: quoted name, bare name, type, `B` of a bit string, quoted value, bare value.
-_COL = re.compile(
-    rf' (?:"({_Q_IDENT_BODY})"|({_BARE_IDENT}))'
-    rf"\[({_TYPE})\]:"
-    rf"(?:(B?)'({_Q_VALUE_BODY})'|({_BARE_VALUE}))"
-)
-# A whole tuple: as many columns as match, each atomically, so its segmentation equals findall's.
-_COL_NC = (
-    rf' (?:"{_Q_IDENT_BODY}"|{_BARE_IDENT})'
-    rf"\[{_TYPE}\]:"
-    rf"(?:B?'{_Q_VALUE_BODY}'|{_BARE_VALUE})"
-)
-_TUPLE = re.compile(rf"(?>{_COL_NC})*+")
-
-_REL_SRC = rf'(?:"{_Q_IDENT_BODY}"|{_BARE_IDENT})\.(?:"{_Q_IDENT_BODY}"|{_BARE_IDENT})'
-_CHANGE_HEAD = re.compile(
-    rf'table (?:"({_Q_IDENT_BODY})"|({_BARE_IDENT}))\.(?:"({_Q_IDENT_BODY})"|({_BARE_IDENT})): '
-    r"(INSERT|UPDATE|DELETE):"
-)
-_TRUNCATE = re.compile(
-    rf"table ({_REL_SRC}(?:, {_REL_SRC})*+): TRUNCATE:(?: (\(no-flags\))|( restart_seqs)?( cascade)?)"
-)
-_REL = re.compile(rf'(?:"({_Q_IDENT_BODY})"|({_BARE_IDENT}))\.(?:"({_Q_IDENT_BODY})"|({_BARE_IDENT}))')
-_BEGIN = re.compile(r"BEGIN ([0-9]{1,10})")
-_COMMIT = re.compile(r"COMMIT(?: ([0-9]{1,10}))?(?: \(at ([^()]++)\))?")
-_MSG_HEAD = re.compile(r"message: transactional: ([01]) prefix: ")
-_MSG_SZ = re.compile(r", sz: ([0-9]{1,20}) content:")
-
-# Pieces for locating an error inside a tuple (slow path, only after a failure).
-_NAME_AT = re.compile(rf' (?:"{_Q_IDENT_BODY}"|{_BARE_IDENT})\[')
-_TYPE_AT = re.compile(rf"{_TYPE}\]:")
-_VALUE_AT = re.compile(rf"B?'{_Q_VALUE_BODY}'|[-+.0-9A-Za-z]++")
-_IDENT_AT = re.compile(rf'"{_Q_IDENT_BODY}"|{_BARE_IDENT}')
-
-_NO_TUPLE: Final = (" (no-tuple-data)", " (no-tuple data)")
-_OLD_KEY: Final = " old-key:"
-_NEW_TUPLE: Final = " new-tuple:"
-_MAX_XID: Final = 0xFFFFFFFF
-_LINE_CONTEXT: Final = 200
-
-_SPECIAL: Final[dict[str, RawValue]] = {"null": None, "unchanged-toast-datum": UNCHANGED}
 
 # --- per-layout fast path ------------------------------------------------------------------------
 # Successive lines of one table and operation print the same column heads (` name[type]:`), and
@@ -321,11 +214,6 @@ def _from_groups(names: list[str], types: list[str], values: tuple[str | None, .
     elif line.find("''", pos) < 0:
         return RawTuple(names.copy(), types.copy(), list(values))
     return RawTuple(names.copy(), types.copy(), [v.replace("''", "'") if v else v for v in values])
-
-
-def _error(line: object, offset: int, message: str) -> DecodeError:
-    text = line[:_LINE_CONTEXT] if isinstance(line, str) else repr(line)[:_LINE_CONTEXT]
-    return DecodeError(f"test_decoding: {message}", line=text, offset=offset)
 
 
 def _xid(line: str, digits: str, offset: int) -> int:
@@ -500,70 +388,12 @@ def _compile_toast(header: str, lay: _Layout) -> re.Pattern[str]:
     return toast
 
 
-def _tuple_error(line: str, pos: int, start: int, fallback: str) -> DecodeError:
-    """Say what is wrong with the column at `pos` of a tuple that starts at `start` (slow path,
-    after a failure: every column before `pos` parsed)."""
-    if pos >= len(line):
-        return _error(line, pos, "unexpected end of line: " + fallback)
-    if line[pos] != " ":
-        if pos > start:
-            return _error(line, pos, "expected a space or the end of the line after the value")
-        return _error(line, pos, fallback)
-    m = _NAME_AT.match(line, pos)
-    if m is None:
-        ident = _IDENT_AT.match(line, pos + 1)
-        if ident is not None:
-            return _error(line, ident.end(), "expected `[` after the column name")
-        if line.startswith('"', pos + 1):
-            return _error(line, pos + 1, "unterminated quoted column name")
-        if pos + 1 >= len(line):
-            return _error(line, pos + 1, "unexpected end of line: expected a column name")
-        return _error(line, pos + 1, "expected a column name")
-    p = m.end()
-    t = _TYPE_AT.match(line, p)
-    if t is None:
-        return _error(line, p, "unterminated column type (expected `]:`)")
-    p = t.end()
-    if line.startswith("'", p) or line.startswith("B'", p):
-        return _error(line, p, "unterminated quoted value")
-    v = _VALUE_AT.match(line, p)
-    if v is None:
-        return _error(line, p, "expected a value (quoted, unquoted, null or unchanged-toast-datum)")
-    return _error(line, v.end(), "expected a space or the end of the line after the value")
-
-
 def _parse_truncate(line: str) -> TruncateLine:
     m = _TRUNCATE.fullmatch(line)
     if m is None or (m.group(2) is None and m.group(3) is None and m.group(4) is None):
         raise _head_error(line)
     rels = [(_unquote(qs, bs), _unquote(qt, bt)) for qs, bs, qt, bt in _REL.findall(m.group(1))]
     return TruncateLine(rels, m.group(3) is not None, m.group(4) is not None)
-
-
-def _head_error(line: str) -> DecodeError:
-    """Locate the fault in a `table …:` line whose head did not parse (slow path)."""
-    pos = 6
-    while True:
-        for part in ("schema", "table"):
-            ident = _IDENT_AT.match(line, pos)
-            if ident is None:
-                if line.startswith('"', pos):
-                    return _error(line, pos, f"unterminated quoted {part} name")
-                return _error(line, pos, f"expected a {part} name")
-            pos = ident.end()
-            if part == "schema":
-                if not line.startswith(".", pos):
-                    return _error(line, pos, "expected `.` between schema and table name")
-                pos += 1
-        if not line.startswith(", ", pos):
-            break
-        pos += 2
-    if not line.startswith(": ", pos):
-        return _error(line, pos, "expected `: ` after the relation name")
-    pos += 2
-    if line.startswith("TRUNCATE:", pos):
-        return _error(line, pos + 9, "expected ` restart_seqs`, ` cascade` or ` (no-flags)`")
-    return _error(line, pos, "expected INSERT:, UPDATE:, DELETE: or TRUNCATE:")
 
 
 def _parse_message(line: str) -> MessageLine:
@@ -588,13 +418,6 @@ def _parse_message(line: str) -> MessageLine:
     if first is None:
         raise _error(line, start, "expected `, sz: <n> content:` after the message prefix")
     return MessageLine(transactional, line[start:first.start()], line[first.end():])
-
-
-def _raise_message(line: str) -> MessageLine:
-    for i, (a, b) in enumerate(zip(line, "message: transactional: 0 prefix: ", strict=False)):
-        if a != b and not (i == 24 and a in "01"):
-            raise _error(line, i, "expected `message: transactional: 0|1 prefix: `")
-    raise _error(line, len(line), "unexpected end of message line")
 
 
 def _byte_len(text: str) -> int:

@@ -4,7 +4,7 @@ import pytest
 
 from bridge.errors import DecodeError
 from bridge.lsn import Lsn
-from bridge.produce.transactions import Message, Transaction, TransactionAssembler
+from bridge.source.transactions import Message, Transaction, TransactionAssembler
 
 
 def feed_all(asm: TransactionAssembler, lines: list[str]) -> list[Transaction | Message]:

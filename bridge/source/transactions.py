@@ -1,9 +1,16 @@
-"""Assemble test_decoding lines into whole transactions, spilling large ones to disk.
+"""Source transactions: test_decoding lines in WAL order → whole committed transactions.
 
-Every record carries its position `(commit_lsn, seq)`, and the commit LSN is only known at the
-COMMIT line, so a transaction's change lines are held until then: in memory up to
-`spill_bytes`, then appended to an anonymous temporary file. Memory therefore stays bounded for
-a transaction of any size; lines are replayed in order once the COMMIT arrives.
+The stage after the capture. Guarantees: a `Transaction` is handed out only at its COMMIT, with
+its commit LSN, xid and commit time (`commit_ts_us`, microseconds UTC, parsed here once) and its
+change lines in order; a non-transactional logical message comes out as a `Message` at its own
+LSN, between the transactions around it. BEGIN and COMMIT are read with the typed parser
+(`parse_line` → `BeginLine`/`CommitLine`); change lines are only classified (`line_kind`) and
+kept as text, since the decode stage parses them. Every record carries its position
+`(commit_lsn, seq)`, and the commit LSN is only known at the COMMIT line, so a transaction's
+change lines are held until then: in memory up to `spill_bytes`, then appended to an anonymous
+temporary file. Memory therefore stays bounded for a transaction of any size.
+Raises `DecodeError` for a line out of place (a change outside a transaction, BEGIN inside one,
+COMMIT without BEGIN) or of no known kind.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from typing import IO
 
 from bridge.errors import DecodeError
 from bridge.lsn import Lsn
+from bridge.source.converters import timestamptz_us
+from bridge.source.lines import BeginLine, CommitLine, LineKind, MessageLine, line_kind
+from bridge.source.test_decoding import parse_line
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +45,9 @@ class Transaction:
 
     xid: int | None
     commit_lsn: Lsn
-    commit_ts: str | None
+    commit_ts: str | None  # the COMMIT line's timestamptz text
     count: int
+    commit_ts_us: int | None = None  # the same, microseconds since the Unix epoch (UTC)
     _memory: list[str] = field(default_factory=list)
     _spill: IO[str] | None = None
 
@@ -66,6 +77,7 @@ class Message:
 
     lsn: Lsn
     line: str
+    message: MessageLine
 
 
 def _escape(line: str) -> str:
@@ -87,6 +99,10 @@ def _unescape(text: str) -> str:
         out.append({"n": "\n", "r": "\r", "\\": "\\"}.get(c, c))
         i = j + 2
     return "".join(out)
+
+
+_TABLE, _BEGIN, _COMMIT = LineKind.TABLE, LineKind.BEGIN, LineKind.COMMIT  # globals: cheaper than enum reads
+_MESSAGE, _TRANSACTIONAL_MESSAGE = LineKind.MESSAGE, LineKind.TRANSACTIONAL_MESSAGE
 
 
 class TransactionAssembler:
@@ -127,26 +143,33 @@ class TransactionAssembler:
         self._spill = None
 
     def feed(self, lsn: Lsn, line: str) -> Transaction | Message | None:
-        if line.startswith("table "):
+        kind = line_kind(line)
+        if kind is _TABLE:
             if not self._open:
                 raise DecodeError("change outside a transaction", line=line[:200], offset=0, lsn=str(lsn))
             self._add(line)
             return None
-        if line.startswith("BEGIN"):
+        if kind is _BEGIN:
             if self._open:
                 raise DecodeError("BEGIN inside an open transaction", line=line[:200], offset=0, lsn=str(lsn))
+            begin = parse_line(line)
+            assert isinstance(begin, BeginLine)
             self._open = True
-            self._xid = _xid_of(line, 6)
+            self._xid = begin.xid
             return None
-        if line.startswith("COMMIT"):
+        if kind is _COMMIT:
             if not self._open:
                 raise DecodeError("COMMIT without BEGIN", line=line[:200], offset=0, lsn=str(lsn))
-            return self._commit(lsn, line)
-        if line.startswith("message:"):
-            if self._open and line.startswith("message: transactional: 1"):
-                self._add(line)
-                return None
-            return Message(lsn, line)
+            commit = parse_line(line)
+            assert isinstance(commit, CommitLine)
+            return self._commit(lsn, commit)
+        if kind is _TRANSACTIONAL_MESSAGE and self._open:
+            self._add(line)
+            return None
+        if kind is _MESSAGE or kind is _TRANSACTIONAL_MESSAGE:
+            message = parse_line(line)
+            assert isinstance(message, MessageLine)
+            return Message(lsn, line, message)
         raise DecodeError("unrecognised test_decoding line", line=line[:200], offset=0, lsn=str(lsn))
 
     def _add(self, line: str) -> None:
@@ -165,17 +188,19 @@ class TransactionAssembler:
             self._memory = []
             self._bytes = 0
 
-    def _commit(self, lsn: Lsn, line: str) -> Transaction:
-        at = line.find(" (at ")
-        commit_ts = line[at + 5 : -1] if at >= 0 and line.endswith(")") else None
-        xid = _xid_of(line[:at] if at >= 0 else line, 7)
-        if xid is None:
-            xid = self._xid
-        txn = Transaction(xid, lsn, commit_ts, self._count, self._memory, self._spill)
+    def _commit(self, lsn: Lsn, commit: CommitLine) -> Transaction:
+        xid = commit.xid if commit.xid is not None else self._xid
+        txn = Transaction(xid, lsn, commit.commit_ts, self._count, _commit_ts_us(commit.commit_ts),
+                          self._memory, self._spill)
         self._clear()
         return txn
 
 
-def _xid_of(text: str, start: int) -> int | None:
-    rest = text[start:].strip()
-    return int(rest) if rest.isdigit() else None
+def _commit_ts_us(text: str | None) -> int | None:
+    """The commit time in microseconds, or None when the line has none (or it does not parse)."""
+    if text is None:
+        return None
+    try:
+        return timestamptz_us(text)
+    except (DecodeError, ValueError):
+        return None
