@@ -149,7 +149,6 @@ def _build_producer(cfg: Config, lock: Any) -> tuple[Any, Callable[[], None]]:
 
     catalog_conn = sql_connect(dsn, src.slot)
     catalog = Catalog(catalog_conn, reconnect=lambda: sql_connect(dsn, src.slot))
-    decoder = ChangeDecoder(catalog)
     store = _schema_store(cfg)
     db = catalog_conn.info.dbname
     codecs: dict[tuple[str, str, int], Any] = {}
@@ -160,6 +159,16 @@ def _build_producer(cfg: Config, lock: Any) -> tuple[Any, Callable[[], None]]:
         if c is None:
             c = codecs[key] = TableCodec(rel, store, db=db, topic_prefix=cfg.kafka.topic_prefix)
         return c
+
+    # native core (#15): whole changes encoded in Rust; BRIDGE_NATIVE=0 selects the reference path
+    from bridge import native
+
+    if native.enabled():
+        from bridge.source.native_decoder import NativeChangeDecoder
+
+        decoder: ChangeDecoder = NativeChangeDecoder(catalog, codec_for)
+    else:
+        decoder = ChangeDecoder(catalog)
 
     extra = _kafka_extra(cfg)
     producer = Producer(kafka_producer_config(cfg.kafka.bootstrap_servers, extra))
