@@ -86,7 +86,7 @@ apicurio:
 
 # The Dockerfile built with buildah (chroot isolation, vfs storage) from an mmdebstrap Debian base,
 # both cached under ~/.cache/pgbridge: ~3 min on a fresh machine, ~0.1 s when the build context is unchanged.
-image:
+image: $(STAMP)
 	bash tools/build-image.sh
 
 # The native crate's checks (issue #15): cargo fmt --check, clippy -D warnings, cargo test, then the
