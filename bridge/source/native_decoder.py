@@ -197,7 +197,7 @@ class NativeChangeDecoder(ChangeDecoder):
             return
         pid = self._core.install(*spec)
         self._relations[pid] = relation
-        log.debug("native core: plan %s for %s version %s", pid, relation.qualified, relation.version)
+        log.info("native core: plan %s for %s version %s", pid, relation.qualified, relation.version)
 
     def _spec(self, relation: Relation, printed: list[str]) -> tuple[Any, ...] | None:
         codec = self._codec_for(relation)
