@@ -642,7 +642,7 @@ class ChangeProducer:
     def _emit_native(self, batch: _Batch, seq: int, relation: Relation, op: Op, key: bytes | None,
                      value: bytes) -> None:
         """Send one change the native core encoded (native core, #15): as `_emit` for an
-        INSERT, an UPDATE without old key, or a DELETE (the core leaves the rest to `_emit`)."""
+        INSERT, an UPDATE that keeps its key, or a DELETE (key changes are left to `_emit`)."""
         if not self.include(relation.schema, relation.table):
             return
         out = self._outs.get(id(relation))

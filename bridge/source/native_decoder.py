@@ -18,7 +18,9 @@ answers exactly as it does without the native core:
 - a value over `varchar(n)` or `numeric(p,s)` (the reference raises `ModifierError` and the
   producer re-reads the catalog), and values the core does not read (arrays, `1_000`, BC dates:
   the reference converts them or raises);
-- an UPDATE with an `old-key:` tuple (key change, REPLICA IDENTITY FULL), `(no-tuple-data)`.
+- a primary-key change (an `old-key:` tuple whose key differs: the producer may split it into
+  a delete and a create), `(no-tuple-data)`. Old-key UPDATEs that keep the key (REPLICA IDENTITY
+  FULL) are native.
 
 `BRIDGE_NATIVE=0` (`bridge.native.enabled()`) makes `cli.py` build a plain `ChangeDecoder`.
 """

@@ -238,10 +238,11 @@ class Harness:
             if not isinstance(parsed, ChangeLine):
                 return ("other", type(parsed).__name__)
             rel, op, before, after, unchanged = self.decoder.decode(parsed)
-            if parsed.old is not None and op.value == "u":
-                return ("reference-only", "old-key")  # the key-change split is the producer's
             codec = self.codec_for(rel)
             key = codec.key(after if after is not None else before)
+            if op.value == "u" and before is not None and after is not None and rel.primary_key \
+                    and codec.key(before) != key:
+                return ("key-change", key, codec.key(before))  # the producer's split (reference path)
             return ("ok", str(op), key, codec.envelope(before, after, op, seq, STAMP, unchanged))
         except Exception as exc:
             return ("error", type(exc).__name__, str(exc))
@@ -378,3 +379,23 @@ def test_the_stamp_and_the_key_come_from_the_transaction_and_the_row() -> None:
     other = Stamp(5, 6, None, False, 7)
     assert h.native.encode(first, 8, other)[3] == codec.envelope(None, (1, ts), op, 8, other)  # type: ignore[index]
 
+
+
+def test_old_key_updates_are_native_unless_the_key_changes() -> None:
+    """REPLICA IDENTITY FULL prints an old tuple with every update: the core encodes it (before
+    and after) when the key stays, and leaves a key change to the producer's split."""
+    for pk in (("id",), ()):
+        rel = Relation("public", "ev", (Column("id", "integer", "int4"), Column("kind", "text", "text"),
+                                        Column("n", "bigint", "int8")), pk, replica_identity="f")
+        head = "table public.ev: "
+        lines = [head + "INSERT: id[integer]:1 kind[text]:'a' n[bigint]:null",
+                 head + "UPDATE: old-key: id[integer]:1 kind[text]:'a' new-tuple: id[integer]:1 kind[text]:'b' "
+                        "n[bigint]:5",
+                 head + "UPDATE: old-key: id[integer]:1 kind[text]:'b' n[bigint]:5 new-tuple: id[integer]:2 "
+                        "kind[text]:'b' n[bigint]:5",
+                 head + "DELETE: id[integer]:2 kind[text]:'b' n[bigint]:5"]
+        nat, encoded = outcomes(rel, lines, True)
+        ref, _ = outcomes(rel, lines, False)
+        assert nat == ref
+        assert [o[0] for o in nat] == ["ok", "ok", "key-change" if pk else "ok", "ok"]
+        assert encoded == (2 if pk else 3)

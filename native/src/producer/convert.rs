@@ -23,8 +23,8 @@ pub enum Miss {
     Modifier = 5,
     /// a value this code does not read (or that is not a value of the type)
     Value = 6,
-    /// a form the native path leaves to the reference: UPDATE with old-key, no-tuple-data,
-    /// unchanged TOAST outside an UPDATE's new tuple
+    /// a form the native path leaves to the reference: a primary-key change, no-tuple-data,
+    /// unchanged TOAST outside an UPDATE's new tuple, a NULL key column
     Form = 7,
 }
 

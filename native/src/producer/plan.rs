@@ -77,9 +77,11 @@ pub struct Plan {
 /// Buffers reused from change to change.
 #[derive(Default)]
 pub struct Scratch {
-    slots: Vec<Option<usize>>,
+    new: Vec<Option<usize>>,
+    old: Vec<Option<usize>>,
     text: Vec<u8>,
     unchanged: Vec<usize>,
+    old_key: Vec<u8>,
 }
 
 /// The value's text: the span, or its unescaped copy in `buf` when it holds `''`.
@@ -163,75 +165,111 @@ impl Plan {
             .find(|&i| name_is(line, col.name, col.name_quoted, &self.columns[i].name))
     }
 
-    /// Map the change's tuple onto column slots (`scratch.slots[i]`: the index in `cols`).
-    /// Returns the op; `Miss::Mismatch` when the tuple is not this relation version's.
-    fn slots(&self, line: &[u8], ch: &Change, cols: &[RawCol], s: &mut Scratch) -> Res<Op> {
+    /// Map a new tuple (INSERT, UPDATE) onto column slots (`slots[i]`: the index in `cols`):
+    /// it must list exactly this relation version's columns with their printed types.
+    fn map_new(
+        &self,
+        line: &[u8],
+        cols: &[RawCol],
+        a: usize,
+        b: usize,
+        slots: &mut Vec<Option<usize>>,
+    ) -> Res<()> {
         let n = self.columns.len();
-        s.slots.clear();
-        s.slots.resize(n, None);
-        match (ch.op, ch.new, ch.old) {
-            (Op::Insert | Op::Update, Tuple::Cols(a, b), Tuple::Absent) => {
-                if b - a != n {
-                    return Err(Miss::Mismatch);
-                }
-                for (i, col) in cols[a..b].iter().enumerate() {
-                    if !self.same_column(line, i, col) {
-                        return Err(Miss::Mismatch);
-                    }
-                    s.slots[i] = Some(a + i);
-                }
-            }
-            (Op::Delete, Tuple::Absent, Tuple::Cols(a, b)) => {
-                for (j, col) in cols[a..b].iter().enumerate() {
-                    let i = self.index_of(line, col).ok_or(Miss::Mismatch)?;
-                    if col.ty.of(line) != self.columns[i].printed.as_slice() {
-                        return Err(Miss::Mismatch);
-                    }
-                    if s.slots[i].is_some() {
-                        return Err(Miss::Form); // a name printed twice: the reference decides
-                    }
-                    s.slots[i] = Some(a + j);
-                }
-                if self.key_exact
-                    && (b - a != self.pk.len() || self.pk.iter().any(|&i| s.slots[i].is_none()))
-                {
-                    return Err(Miss::Mismatch); // the key columns changed (ALTER … PRIMARY KEY)
-                }
-            }
-            _ => return Err(Miss::Form),
+        slots.clear();
+        slots.resize(n, None);
+        if b - a != n {
+            return Err(Miss::Mismatch);
         }
-        Ok(ch.op)
+        for (i, col) in cols[a..b].iter().enumerate() {
+            if !self.same_column(line, i, col) {
+                return Err(Miss::Mismatch);
+            }
+            slots[i] = Some(a + i);
+        }
+        Ok(())
     }
 
+    /// Map an old tuple (UPDATE old-key, DELETE): a subset of the columns (NULLs are skipped);
+    /// under replica identity default with a key, exactly the key columns.
+    fn map_old(
+        &self,
+        line: &[u8],
+        cols: &[RawCol],
+        a: usize,
+        b: usize,
+        slots: &mut Vec<Option<usize>>,
+    ) -> Res<()> {
+        slots.clear();
+        slots.resize(self.columns.len(), None);
+        for (j, col) in cols[a..b].iter().enumerate() {
+            let i = self.index_of(line, col).ok_or(Miss::Mismatch)?;
+            if col.ty.of(line) != self.columns[i].printed.as_slice() {
+                return Err(Miss::Mismatch);
+            }
+            if slots[i].is_some() {
+                return Err(Miss::Form); // a name printed twice: the reference decides
+            }
+            slots[i] = Some(a + j);
+        }
+        if self.key_exact && (b - a != self.pk.len() || self.pk.iter().any(|&i| slots[i].is_none()))
+        {
+            return Err(Miss::Mismatch); // the key columns changed (ALTER … PRIMARY KEY)
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn row(
         &self,
         line: &[u8],
         cols: &[RawCol],
-        s: &mut Scratch,
-        toast_ok: bool,
+        slots: &[Option<usize>],
+        text_buf: &mut Vec<u8>,
+        unchanged: Option<&mut Vec<usize>>,
         out: &mut Vec<u8>,
     ) -> Res<()> {
+        let mut unchanged = unchanged;
         out.push(2);
-        for i in 0..self.columns.len() {
-            let Some(j) = s.slots[i] else {
+        for (i, slot) in slots.iter().enumerate() {
+            let Some(j) = *slot else {
                 out.push(0);
                 continue;
             };
             let col = &cols[j];
             match col.kind {
                 ValKind::Null => out.push(0),
-                ValKind::Unchanged if toast_ok => {
-                    out.push(0);
-                    s.unchanged.push(i);
-                }
-                ValKind::Unchanged => return Err(Miss::Form),
-                _ => value(
-                    self.columns[i].conv,
-                    text(line, col, &mut s.text),
-                    true,
-                    out,
-                )?,
+                ValKind::Unchanged => match unchanged.as_deref_mut() {
+                    Some(names) => {
+                        out.push(0);
+                        names.push(i);
+                    }
+                    None => return Err(Miss::Form),
+                },
+                _ => value(self.columns[i].conv, text(line, col, text_buf), true, out)?,
             }
+        }
+        Ok(())
+    }
+
+    /// The key record of the row in `slots` (primary-key columns, non-null), framed.
+    fn key(
+        &self,
+        prefix: &[u8],
+        line: &[u8],
+        cols: &[RawCol],
+        slots: &[Option<usize>],
+        text_buf: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Res<()> {
+        out.clear();
+        out.extend_from_slice(prefix);
+        for &i in &self.pk {
+            let col = slots[i].map(|j| &cols[j]).ok_or(Miss::Form)?;
+            if !matches!(col.kind, ValKind::Bare | ValKind::Quoted | ValKind::Bit) {
+                return Err(Miss::Form); // a NULL or unchanged key column: the reference raises
+            }
+            value(self.columns[i].conv, text(line, col, text_buf), false, out)?;
         }
         Ok(())
     }
@@ -251,36 +289,68 @@ impl Plan {
         key: &mut Vec<u8>,
         val: &mut Vec<u8>,
     ) -> Res<u8> {
-        let op = self.slots(line, ch, cols, s)?;
-        s.unchanged.clear();
+        let Scratch {
+            new,
+            old,
+            text: text_buf,
+            unchanged,
+            old_key,
+        } = s;
+        let (has_new, has_old) = match (ch.op, ch.new, ch.old) {
+            (Op::Insert | Op::Update, Tuple::Cols(a, b), Tuple::Absent) => {
+                self.map_new(line, cols, a, b, new)?;
+                (true, false)
+            }
+            (Op::Update, Tuple::Cols(a, b), Tuple::Cols(oa, ob)) => {
+                self.map_new(line, cols, a, b, new)?;
+                self.map_old(line, cols, oa, ob, old)?;
+                (true, true)
+            }
+            (Op::Delete, Tuple::Absent, Tuple::Cols(oa, ob)) => {
+                self.map_old(line, cols, oa, ob, old)?;
+                (false, true)
+            }
+            _ => return Err(Miss::Form),
+        };
+        unchanged.clear();
         val.clear();
         val.extend_from_slice(&self.value_prefix);
-        let op_index = match op {
+        let op_index = match ch.op {
             Op::Insert => 0,
             Op::Update => 1,
             Op::Delete => 2,
         };
-        if op == Op::Delete {
-            self.row(line, cols, s, false, val)?;
-            val.push(0);
+        if has_old {
+            self.row(line, cols, old, text_buf, None, val)?;
         } else {
             val.push(0);
-            self.row(line, cols, s, op == Op::Update, val)?;
+        }
+        if has_new {
+            let toast = if ch.op == Op::Update {
+                Some(&mut *unchanged)
+            } else {
+                None
+            };
+            self.row(line, cols, new, text_buf, toast, val)?;
+        } else {
+            val.push(0);
         }
         if let Some(prefix) = &self.key_prefix {
-            key.clear();
-            key.extend_from_slice(prefix);
-            for &i in &self.pk {
-                let col = s.slots[i].map(|j| &cols[j]).ok_or(Miss::Form)?;
-                if !matches!(col.kind, ValKind::Bare | ValKind::Quoted | ValKind::Bit) {
-                    return Err(Miss::Form); // a NULL or unchanged key column: the reference raises
+            self.key(
+                prefix,
+                line,
+                cols,
+                if has_new { new } else { old },
+                text_buf,
+                key,
+            )?;
+            if has_new && has_old {
+                // a key change: the producer may split it into a delete and a create in their
+                // own partitions; the reference path does that
+                self.key(prefix, line, cols, old, text_buf, old_key)?;
+                if old_key != key {
+                    return Err(Miss::Form);
                 }
-                value(
-                    self.columns[i].conv,
-                    text(line, col, &mut s.text),
-                    false,
-                    key,
-                )?;
             }
         }
         val.push(op_index << 1);
@@ -288,11 +358,11 @@ impl Plan {
         val.extend_from_slice(lsn);
         put_long(val, seq);
         val.extend_from_slice(tail);
-        if s.unchanged.is_empty() {
+        if unchanged.is_empty() {
             val.push(0);
         } else {
-            put_long(val, s.unchanged.len() as i64);
-            for &i in &s.unchanged {
+            put_long(val, unchanged.len() as i64);
+            for &i in unchanged.iter() {
                 put_bytes(val, &self.columns[i].name);
             }
             val.push(0);
