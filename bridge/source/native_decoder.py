@@ -16,7 +16,7 @@ answers exactly as it does without the native core:
 - a line whose columns, printed types or key columns differ from the plan's (DDL: the reference
   follows it through the catalog and a new plan is installed);
 - a value over `varchar(n)` or `numeric(p,s)` (the reference raises `ModifierError` and the
-  producer re-reads the catalog), and values the core does not read (arrays, `1_000`, BC dates:
+  producer re-reads the catalog), and values the core does not read (`1_000`, BC dates, `{1,,2}`:
   the reference converts them or raises);
 - a primary-key change (an `old-key:` tuple whose key differs: the producer may split it into
   a delete and a create), `(no-tuple-data)`. Old-key UPDATEs that keep the key (REPLICA IDENTITY
@@ -75,15 +75,30 @@ _LOGICAL: dict[str, tuple[str, Any]] = {
 }
 
 
-def column_spec(col: Column, field: dict[str, Any]) -> tuple[str, str, str, int, int, int] | None:
+def column_spec(col: Column, field: dict[str, Any]) -> tuple[str, str, str, int, int, int, int, str] | None:
     """The core's description of one column (name, printed type placeholder, conv, length,
-    precision, scale), or None when the native path does not cover its type (arrays, a schema
-    mapping this module does not know). Called once per column when a plan is built."""
+    precision, scale, ndims, array delimiter), or None when the native path does not cover its
+    type (a schema mapping this module does not know). For an array column the conv is its
+    elements'. Called once per column when a plan is built."""
     ftype = field.get("type")
     if not isinstance(ftype, list) or len(ftype) < 2 or ftype[0] != "null":
         return None
-    branches = ftype[1:]
-    raw = converters.raw_converter(col)
+    union: Any = ftype
+    delim = ","
+    if col.ndims:
+        t: Any = ftype[1] if len(ftype) == 2 else None
+        for _ in range(col.ndims):
+            if not (isinstance(t, dict) and t.get("type") == "array"):
+                return None
+            t = t.get("items")
+        union = t
+        if not isinstance(union, list) or len(union) < 2 or union[0] != "null":
+            return None
+        raw = converters.scalar_converter(col.base, col.kind, col.precision, col.scale)
+        delim = ";" if col.base == "box" else ","  # as raw_converter
+    else:
+        raw = converters.raw_converter(col)
+    branches = union[1:]
     length = precision = scale = -1
     if len(branches) == 2:
         dec = branches[0]
@@ -109,7 +124,7 @@ def column_spec(col: Column, field: dict[str, Any]) -> tuple[str, str, str, int,
             length = int(field["pg.length"])
     else:
         return None
-    return (col.name, "", conv, length, precision, scale)
+    return (col.name, "", conv, length, precision, scale, col.ndims, delim)
 
 
 class NativeChangeDecoder(ChangeDecoder):
@@ -213,6 +228,8 @@ class NativeChangeDecoder(ChangeDecoder):
                 return None
             columns.append((spec[0], typ, *spec[2:]))
         pk = [relation.index[c] for c in relation.primary_key]
+        if any(relation.columns[i].ndims for i in pk):
+            return None  # array keys: the reference path
         key_prefix = codec.key_prefix if codec.key_schema is not None else None
         if (key_prefix is None) != (not pk):
             return None

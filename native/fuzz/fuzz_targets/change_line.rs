@@ -32,6 +32,8 @@ fn core() -> Core {
             name: format!("c{i}").into_bytes(),
             printed: printed.as_bytes().to_vec(),
             conv: *conv,
+            ndims: u32::from(i % 3 == 2),
+            delim: b',',
         })
         .collect();
     let plan = Plan {

@@ -7,6 +7,7 @@
 //! comes back as a `Miss` code and the Python reference path handles the line, so answers
 //! (bytes and errors) are the reference's.
 
+pub mod array;
 pub mod convert;
 pub mod parse;
 pub mod plan;
@@ -108,9 +109,9 @@ impl Core {
     }
 }
 
-/// One column as the adapter describes it: (name, printed type, conv, length, precision, scale);
-/// -1 for an absent length/precision/scale.
-type ColumnSpec = (String, String, String, i64, i64, i64);
+/// One column as the adapter describes it: (name, printed type, conv, length, precision, scale,
+/// ndims, array delimiter); -1 for an absent length/precision/scale.
+type ColumnSpec = (String, String, String, i64, i64, i64, u32, String);
 
 /// The native producer core: plans per table, and `encode(line, …)` per change line.
 #[pyclass(module = "bridge._native")]
@@ -143,19 +144,26 @@ impl Producer {
         src_names: Vec<u8>,
     ) -> PyResult<usize> {
         let mut cols = Vec::with_capacity(columns.len());
-        for (name, printed, conv, length, precision, scale) in columns {
+        for (name, printed, conv, length, precision, scale, ndims, delim) in columns {
             let conv = Conv::named(&conv, length, precision, scale).ok_or_else(|| {
                 PyValueError::new_err(format!("unknown conv {conv:?} of column {name:?}"))
             })?;
+            let &[delim] = delim.as_bytes() else {
+                return Err(PyValueError::new_err(format!(
+                    "array delimiter of column {name:?} is not one byte"
+                )));
+            };
             cols.push(Column {
                 name: name.into_bytes(),
                 printed: printed.into_bytes(),
                 conv,
+                ndims,
+                delim,
             });
         }
-        if pk.iter().any(|&i| i >= cols.len()) {
+        if pk.iter().any(|&i| cols.get(i).is_none_or(|c| c.ndims > 0)) {
             return Err(PyValueError::new_err(
-                "primary-key column index out of range",
+                "primary-key column out of range, or an array",
             ));
         }
         if key_prefix.is_some() == pk.is_empty() {
@@ -230,11 +238,15 @@ mod tests {
                     name: b"id".to_vec(),
                     printed: b"integer".to_vec(),
                     conv: Conv::Int,
+                    ndims: 0,
+                    delim: b',',
                 },
                 Column {
                     name: b"note".to_vec(),
                     printed: b"character varying".to_vec(),
                     conv: Conv::Str { max_chars: Some(4) },
+                    ndims: 0,
+                    delim: b',',
                 },
             ],
             pk: vec![0],

@@ -2,6 +2,7 @@
 //! and the encoding of one parsed change with it: the framed key, and the framed envelope with
 //! the transaction's `source` bytes, exactly as `TableCodec.key` / `TableCodec.envelope` write them.
 
+use super::array::array;
 use super::convert::{self, put_bytes, put_long, Miss, Res};
 use super::parse::{name_is, Change, Op, RawCol, Tuple, ValKind};
 
@@ -59,7 +60,11 @@ pub struct Column {
     pub name: Vec<u8>,
     /// the printed (format_type_be) type the plan was learnt with
     pub printed: Vec<u8>,
+    /// the conv of the value, or of each element of an array column
     pub conv: Conv,
+    /// array dimensions (0: a scalar) and the element delimiter (`,`; `;` for box)
+    pub ndims: u32,
+    pub delim: u8,
 }
 
 pub struct Plan {
@@ -246,7 +251,18 @@ impl Plan {
                     }
                     None => return Err(Miss::Form),
                 },
-                _ => value(self.columns[i].conv, text(line, col, text_buf), true, out)?,
+                _ => {
+                    let c = &self.columns[i];
+                    let t = text(line, col, text_buf);
+                    if c.ndims == 0 {
+                        value(c.conv, t, true, out)?;
+                    } else {
+                        out.push(2);
+                        let conv = c.conv;
+                        let mut leaf = |e: &[u8], o: &mut Vec<u8>| value(conv, e, true, o);
+                        array(t, c.ndims, c.delim, &mut leaf, out)?;
+                    }
+                }
             }
         }
         Ok(())
