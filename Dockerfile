@@ -4,8 +4,10 @@
 # Without a container engine: `make image` (tools/build-image.sh) builds it with buildah from a Debian
 # bookworm base made by mmdebstrap, passed as BASE_IMAGE (any base with python3.11+ and venv works).
 # Both stages use the same pinned base so the venv's interpreter symlinks stay valid.
-# The native extension (a maturin build stage) is to be added as a stage before `builder` whose
-# wheel `builder` installs next to the project's.
+# The project's wheel holds the compiled native core (bridge._native, the Rust crate in native/);
+# it is built on the host with maturin (`pip wheel --no-deps --wheel-dir dist .`, which `make image`
+# runs) and installed here, so the image needs no Rust toolchain. Host and base are the same
+# Debian and Python (bookworm, 3.11), so the wheel (abi3, glibc 2.36) fits.
 
 ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 
@@ -21,14 +23,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 
-# Only what the wheel needs (see .dockerignore): metadata first, then the package.
-COPY pyproject.toml README.md ./
-COPY bridge ./bridge
-
-# Build the project's wheel, then install it with its (binary-wheel) dependencies into the venv.
-RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
-    && /opt/venv/bin/pip install --no-cache-dir /wheels/*.whl \
-    && /opt/venv/bin/pgbridge --version
+# Only the prebuilt wheel (see .dockerignore); install it with its (binary-wheel) dependencies
+# into the venv, and check that the native core loads.
+COPY dist ./dist
+RUN /opt/venv/bin/pip install --no-cache-dir ./dist/pg_kafka_bridge-*.whl \
+    && /opt/venv/bin/pgbridge --version \
+    && /opt/venv/bin/python -c "import bridge._native"
 
 
 FROM ${BASE_IMAGE} AS runtime

@@ -85,7 +85,9 @@ class BridgeProc:
         self.command = command
         self.config = config
         self.logfile = workdir / f"{command}-{config.stem}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_") or k == "BRIDGE_KAFKA_CLASSPATH_FILE"}
+        # BRIDGE_NATIVE passes through: `--native off` measures the Python reference path (#15)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("BRIDGE_") or k in ("BRIDGE_KAFKA_CLASSPATH_FILE", "BRIDGE_NATIVE")}
         with open(self.logfile, "ab") as out:
             self.proc = subprocess.Popen([*(wrap or [sys.executable]), "-m", "bridge", command, "--config", str(config)],
                                          stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env,
@@ -236,6 +238,8 @@ def main() -> None:
     ap.add_argument("--bootstrap", help="use this broker instead of starting one")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each limit (median)")
     ap.add_argument("--modes", default="stream,sql")
+    ap.add_argument("--native", default="on", choices=["on", "off", "both"],
+                    help="the producer's native core (BRIDGE_NATIVE), or both one after the other")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import tempfile
@@ -259,13 +263,19 @@ def main() -> None:
         recv = pg_recvlogical(src, "bench_capture", repeat=args.repeat, changes=counts.changes)
         print(f"\ncapture: mix={args.mix} changes={counts.changes:,} broker={args.broker} "
               f"pg_peek_count={peek:,.0f}/s pg_recvlogical={recv:,.0f}/s\n")
-        print("| mode | rows/s (from start) | from first record | x pg_peek_count | x pg_recvlogical | peak RSS | target |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+        print("| mode | native | rows/s (from start) | from first record | x pg_peek_count | x pg_recvlogical "
+              "| producer CPU µs/change | peak RSS | target |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        natives = ["on", "off"] if args.native == "both" else [args.native]
         for mode in args.modes.split(","):
-            r = capture_run(src, bootstrap, workdir, base_slot="bench_capture", counts=counts, mode=mode)
-            print(f"| {mode} | {r['rate']:,.0f} | {r['stream_rate']:,.0f} | {r['rate'] / peek:.2f} | "
-                  f"{r['rate'] / recv:.2f} | {r['peak_rss_mib']:.0f} MiB | ≥ {TARGET_CAPTURE:,}: "
-                  f"{r['rate'] / TARGET_CAPTURE:.0%} |", flush=True)
+            for nat in natives:
+                os.environ["BRIDGE_NATIVE"] = "1" if nat == "on" else "0"
+                r = capture_run(src, bootstrap, workdir, base_slot="bench_capture", counts=counts, mode=mode)
+                cpu = r["cpu_us_per_change"]
+                print(f"| {mode} | {nat} | {r['rate']:,.0f} | {r['stream_rate']:,.0f} | {r['rate'] / peek:.2f} | "
+                      f"{r['rate'] / recv:.2f} | {'' if cpu is None else f'{cpu:.1f}'} | "
+                      f"{r['peak_rss_mib']:.0f} MiB | ≥ {TARGET_CAPTURE:,}: {r['rate'] / TARGET_CAPTURE:.0%} |",
+                      flush=True)
         print(f"\nlogs: {workdir}")
     finally:
         if broker is not None:

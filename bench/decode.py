@@ -17,6 +17,10 @@ those lines, in this process (single-threaded, so "one core"):
 - `stages`: the producer's own stages on the same lines, without Kafka: `TransactionAssembler`
   → `Decoder` (`ChangeEvent`s) → `Router.records` (key, partition, envelope, tombstones), a
   `Stamp` per transaction — `pipeline` plus assembly, events and routing.
+- `native`: the same with the native core (`bridge.source.native_decoder.NativeChangeDecoder`,
+  Rust): each change line → framed key + envelope bytes in one call; a miss (the first change of
+  a table, DDL, …) takes the reference path as in the producer. Target (issue #15):
+  >= 500,000 changes per CPU second, i.e. <= 2 µs of decode CPU per change (producer <= 5 µs).
 
 Every rate is in row changes per second (BEGIN/COMMIT lines are parsed but not counted), the
 median of `repeat` runs, also given per CPU second and as a ratio to `pg_peek_count` (PostgreSQL's
@@ -49,7 +53,8 @@ from bench.workload import create_orders, write_mix
 log = logging.getLogger(__name__)
 
 TARGET_PIPELINE = 150_000
-STAGES = ("parse", "parse_convert", "encode", "fastavro", "pipeline", "stages")
+TARGET_NATIVE = 500_000  # changes per CPU second (issue #15)
+STAGES = ("parse", "parse_convert", "encode", "fastavro", "pipeline", "stages", "native")
 
 
 def peek_lines(dsn: str, slot: str, limit: int | None = None) -> list[tuple[str, str]]:
@@ -210,8 +215,36 @@ def measure_decode(dsn: str, slot: str, *, repeat: int = 3, limit: int | None = 
                         n += 1
         return n
 
+    from bridge.source.native_decoder import NativeChangeDecoder
+
+    native_decoder = NativeChangeDecoder(catalog, codec_for)
+
+    def native_pipeline() -> int:
+        nat = native_decoder.encode
+        dec = native_decoder.decode
+        n = s = 0
+        st = stamp_of(lsns[0])
+        for lsn, line in zip(lsns, lines, strict=True):
+            if line.startswith("table "):
+                if nat(line, s, st) is None:  # a miss: the reference path, as in the producer
+                    p = parse_line(line)
+                    if type(p) is ChangeLine:
+                        rel, op, before, after, unchanged = dec(p)
+                        c = codec_for(rel)
+                        c.key(after if after is not None else before)  # type: ignore[arg-type]
+                        c.envelope(before, after, op, s, st, unchanged)
+                s += 1
+                n += 1
+            elif line.startswith("BEGIN"):
+                parse_line(line)
+                st, s = stamp_of(lsn), 0
+            else:
+                parse_line(line)
+        return n
+
     fns: dict[str, Callable[[], int]] = {"parse": parse, "parse_convert": parse_convert, "encode": encode,
-                                         "fastavro": fastavro_write, "pipeline": pipeline, "stages": stages_run}
+                                         "fastavro": fastavro_write, "pipeline": pipeline, "stages": stages_run,
+                                         "native": native_pipeline}
     if peek_rate is None:
         peek_rate = pg_peek_count(dsn, slot, repeat=repeat)
     stages: dict[str, dict[str, float]] = {}
@@ -222,8 +255,12 @@ def measure_decode(dsn: str, slot: str, *, repeat: int = 3, limit: int | None = 
         log.info("decode %s: %.0f rows/s (%.0f per CPU s), %.2f x pg_peek_count", name, rate, cpu_rate,
                  rate / peek_rate)
     conn.close()
+    log.info("decode native: %s changes encoded natively, misses %s", native_decoder.encoded,
+             dict(native_decoder.misses))
     return {"changes": changes, "lines": len(lines), "pg_peek_count": peek_rate, "stages": stages,
-            "target": TARGET_PIPELINE, "met": stages["pipeline"]["rate"] >= TARGET_PIPELINE}
+            "target": TARGET_PIPELINE, "met": stages["pipeline"]["rate"] >= TARGET_PIPELINE,
+            "native_target": TARGET_NATIVE, "native_met": stages["native"]["cpu_rate"] >= TARGET_NATIVE,
+            "native_speedup": stages["native"]["cpu_rate"] / stages["pipeline"]["cpu_rate"]}
 
 
 def format_decode(res: dict[str, Any]) -> str:
@@ -232,15 +269,21 @@ def format_decode(res: dict[str, Any]) -> str:
             "encode": "encode (TableCodec key + value, framed Avro)",
             "fastavro": "fastavro.schemaless_writer per envelope (comparison)",
             "pipeline": "parse + convert + encode",
-            "stages": "the producer's stages: assemble → Decoder → Router"}
-    lines = [f"| stage | rows/s | per CPU s | x pg_peek_count ({res['pg_peek_count']:,.0f}) | target |",
-             "| --- | ---: | ---: | ---: | --- |"]
+            "stages": "the producer's stages: assemble → Decoder → Router",
+            "native": "parse + convert + encode, native core (Rust)"}
+    lines = [f"| stage | rows/s | per CPU s | µs CPU per change | x pg_peek_count ({res['pg_peek_count']:,.0f}) "
+             "| target |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
     for name in STAGES:
         s = res["stages"][name]
         tgt = ""
         if name == "pipeline":
             tgt = f"≥ {res['target']:,} — {'met' if res['met'] else 'missed'}"
-        lines.append(f"| {what[name]} | {s['rate']:,.0f} | {s['cpu_rate']:,.0f} | {s['ratio_peek']:.2f} | {tgt} |")
+        if name == "native" and "native_target" in res:
+            tgt = (f"≥ {res['native_target']:,} per CPU s — {'met' if res['native_met'] else 'missed'} "
+                   f"({res['native_speedup']:.1f}x the Python pipeline)")
+        lines.append(f"| {what[name]} | {s['rate']:,.0f} | {s['cpu_rate']:,.0f} | {1e6 / s['cpu_rate']:.2f} "
+                     f"| {s['ratio_peek']:.2f} | {tgt} |")
     return "\n".join(lines)
 
 

@@ -217,16 +217,17 @@ def change_producer(cfg: Config, catalog: Catalog, db: str, producer: Any, topic
     from bridge.produce.factory import build_change_producer
     from bridge.produce.producer import ProducerSettings
     from bridge.produce.topics import TailReader
-    from bridge.source.decoder import ChangeDecoder, KeyWatch
+    from bridge.source.decoder import KeyWatch
     from bridge.source.transactions import TransactionAssembler
 
     src = cfg.source
-    decoder = ChangeDecoder(catalog)
+    codec_for = codec_cache(cfg, schema_store(cfg), db)
+    decoder = change_decoder(catalog, codec_for)
     tails = TailReader(cfg.kafka.bootstrap_servers, client_extra(cfg.kafka))
     cp = build_change_producer(
         open_source=capture_opener(cfg, lock),
         changes=decoder, relation_of=catalog.relation,
-        codec_for=codec_cache(cfg, schema_store(cfg), db),
+        codec_for=codec_for,
         producer=producer, topics=topics, tails=tails, ledger=Ledger(cfg.ack, start), acks=acks,
         include=include,
         settings=ProducerSettings(topic_prefix=cfg.kafka.topic_prefix, db=db, tombstones=cfg.kafka.tombstones,
@@ -237,6 +238,19 @@ def change_producer(cfg: Config, catalog: Catalog, db: str, producer: Any, topic
         key_watch=KeyWatch(catalog, decoder), signer=signer(cfg), snapshot=snapshot, resnapshot=resnapshot,
         tick=tick)
     return cp, tails
+
+
+def change_decoder(catalog: Catalog, codec_for: Callable[[Any], Any]) -> Any:
+    """The change decoder: the native core's (`NativeChangeDecoder`, whole changes encoded in
+    Rust) unless `BRIDGE_NATIVE=0` selects the Python reference (`ChangeDecoder`)."""
+    from bridge import native
+    from bridge.source.decoder import ChangeDecoder
+
+    if native.enabled():
+        from bridge.source.native_decoder import NativeChangeDecoder
+
+        return NativeChangeDecoder(catalog, codec_for)
+    return ChangeDecoder(catalog)
 
 
 def resnapshotter(cfg: Config, catalog: Catalog, include: TableFilter) -> Any:

@@ -49,7 +49,9 @@ IMAGE="localhost/pgbridge:${VERSION}"
 # The build context's content (what .dockerignore lets in) and the base: an image built from the
 # same is reused as it is. (buildah's own layer cache costs ~3 min here even when every step hits,
 # because vfs copies the whole root filesystem for each step, and it keeps every layer on disk.)
-CTX="$(cd "${ROOT}" && { echo "base ${KEY}"; find Dockerfile .dockerignore pyproject.toml README.md bridge -type f \
+# The context is the wheel built from these sources (the Python package and the native crate).
+CTX="$(cd "${ROOT}" && { echo "base ${KEY}"; find Dockerfile .dockerignore pyproject.toml README.md bridge \
+        native/Cargo.toml native/Cargo.lock native/src -type f \
         ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum; } \
         | sha256sum | cut -c1-12)"
 CTX_IMAGE="localhost/pgbridge:ctx-${CTX}"
@@ -89,6 +91,18 @@ if ! bah inspect --type image "${BASE_IMAGE}" >/dev/null 2>&1; then
 fi
 t2=$(date +%s)
 
+# The project's wheel, with the native core compiled by maturin on this host (same Debian and
+# Python as the base), into the build context's dist/. The crate's build output stays in the
+# cache, so a rebuild after a Python-only change does not compile the crate again.
+log "building the wheel (maturin, release) into dist/"
+rm -rf "${ROOT}/dist"
+PIP="${ROOT}/.venv/bin/pip"
+[[ -x "${PIP}" ]] || PIP="python3 -m pip"
+CARGO_TARGET_DIR="${CACHE}/native-wheel-target" ${PIP} wheel -q --no-deps --wheel-dir "${ROOT}/dist" "${ROOT}" >&2
+ls "${ROOT}"/dist/pg_kafka_bridge-*.whl >&2
+tw=$(date +%s)
+log "wheel $((tw - t2))s"
+
 log "building ${IMAGE} from ${BASE_IMAGE}"
 # The CA bundle is mounted (read-only) into every RUN step so pip trusts what the host trusts; it
 # is not part of any layer. --format docker: the OCI format has no HEALTHCHECK and buildah would
@@ -103,6 +117,6 @@ for old in $(bah images --format '{{.Name}}:{{.Tag}}' | grep '^localhost/pgbridg
 done
 bah rmi --prune >/dev/null 2>&1 || true
 t3=$(date +%s)
-size="$(bah images --format '{{.Size}}' "${IMAGE}" | head -n1)"
+size="$(bah images --format '{{.Size}}' "${IMAGE}" | sed -n 1p)"  # sed reads to the end: no SIGPIPE under pipefail
 log "rootfs $((t1 - t0))s, import $((t2 - t1))s, build $((t3 - t2))s; ${IMAGE} ${size}"
 echo "${IMAGE}"

@@ -1,6 +1,10 @@
 """The decode stage: a committed source transaction → its `ChangeEvent`s, in order.
 
-The seam a native decoder replaces: one class, `Decoder`, with `events` and `retry`.
+The seam the native core plugs into: one class, `Decoder`, with `events` and `retry`. When the
+change decoder is the native one (`bridge.source.native_decoder.NativeChangeDecoder`, unless
+`BRIDGE_NATIVE=0`) and the producer passes the transaction's `Stamp`, each change line is offered
+to the Rust core first, which yields it already encoded (`Encoded`: relation version, op, framed
+key and envelope, seq) with no Python object per value; a miss takes the reference path below.
 Called by the producer once per transaction (after `bridge.source.transactions`), before the
 Router. Guarantees:
 - every change line gets its position `(commit_lsn, seq)`, `seq` counting every change and
@@ -18,7 +22,7 @@ Raises `DecodeError` for a line that does not parse or does not belong inside a 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import Protocol
+from typing import Any, Protocol
 
 from bridge import metrics
 from bridge.errors import DecodeError
@@ -27,6 +31,10 @@ from bridge.relation import Relation
 from bridge.source.lines import ChangeLine, MessageLine, TruncateLine
 from bridge.source.test_decoding import parse_line
 from bridge.source.transactions import Transaction
+
+Encoded = tuple[Relation, Op, "bytes | None", bytes, int]
+"""A change the native core encoded whole: (relation version, op, framed key or None, framed
+envelope, seq). Never a key change (the core leaves those to the reference path)."""
 
 
 class ChangeDecoderLike(Protocol):
@@ -46,18 +54,31 @@ class Decoder:
         self._changes = changes
         self._relation_of = relation_of
         self._include = include
+        # the native core's whole-change encoder, when the change decoder has one
+        self._encode: Callable[[str, int, Any], tuple[Relation, Op, bytes | None, bytes] | None] | None = \
+            getattr(changes, "encode", None)
         self._line: ChangeLine | None = None  # the change line of the event last yielded
         self.positions = 0  # after `events` is exhausted: the seqs its transaction used
 
-    def events(self, txn: Transaction) -> Generator[ChangeEvent | MessageLine, None, None]:
-        """The events and transactional messages of `txn`, in line order (iterate once)."""
+    def events(self, txn: Transaction, stamp: Any = None) -> Generator[ChangeEvent | Encoded | MessageLine, None, None]:
+        """The events and transactional messages of `txn`, in line order (iterate once). With
+        `stamp` (the transaction's encoded `source` block) and a native change decoder, changes
+        the core covers come as `Encoded` instead of `ChangeEvent`."""
         lsn, xid, ts = txn.commit_lsn, txn.xid or 0, txn.commit_ts_us
         include, event = self._include, self._changes.event
+        encode = self._encode if stamp is not None else None
         seq = 0
         decoded_bytes = 0  # counted once per transaction, not per line
         try:
             for line in txn.lines():
                 decoded_bytes += len(line)
+                if encode is not None:
+                    done = encode(line, seq, stamp)
+                    if done is not None:
+                        if include(done[0].schema, done[0].table):
+                            yield (*done, seq)
+                        seq += 1
+                        continue
                 parsed = parse_line(line)
                 if type(parsed) is ChangeLine:
                     if include(parsed.schema, parsed.table):
@@ -89,4 +110,4 @@ class Decoder:
         return self._changes.reevent(self._line, event, from_line=from_line)
 
 
-__all__ = ["ChangeDecoderLike", "Decoder"]
+__all__ = ["ChangeDecoderLike", "Decoder", "Encoded"]

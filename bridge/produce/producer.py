@@ -285,9 +285,15 @@ class ChangeProducer:
         """Route and emit every event of `txn`; True when a resnapshot request holds its entry."""
         router, emitter, resnap = self.router, self.emitter, self.resnapshot
         hold = False
-        with closing(self.decoder.events(txn)) as events:
+        # the native core encodes whole changes, except while a resnapshot window needs the rows
+        stamp = batch.stamp if resnap is None or not resnap.active else None
+        with closing(self.decoder.events(txn, stamp)) as events:
             for event in events:
-                if type(event) is ChangeEvent:
+                if type(event) is tuple:
+                    relation, op, key, value, seq = event
+                    route, records = router.encoded(relation, op, key, value)
+                    emitter.emit(batch, route, records, seq)
+                elif type(event) is ChangeEvent:
                     if resnap is not None:
                         resnap.observe_event(event)
                     try:

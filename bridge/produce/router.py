@@ -129,4 +129,18 @@ class Router:
         return route, out
 
 
+    def encoded(self, relation: Relation, op: Op, key: bytes | None, value: bytes) -> tuple[Route, list[Out]]:
+        """The records of a change the native core encoded whole (`produce.decode.Encoded`: an
+        INSERT, an UPDATE that keeps its key, or a DELETE): its partition, and the tombstone
+        after a delete."""
+        route = self._routes.get(id(relation))
+        if route is None or route.relation is not relation:
+            route = self.route(relation)
+        route.captured[op] += 1
+        partition = partition_for(key, route.partitions)
+        if op is _DELETE and self._tombstones and key is not None:
+            return route, [(partition, key, value), (partition, key, None)]
+        return route, [(partition, key, value)]
+
+
 __all__ = ["Out", "Route", "Router", "TableCodecLike"]

@@ -9,8 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import psycopg
-
 from bridge import failures
 from bridge.errors import SourceError
 from bridge.lsn import Lsn
