@@ -30,6 +30,9 @@ UP = Gauge("bridge_up", "1 while the component's loop runs", ["component"])
 CHANGES_CAPTURED = Counter("bridge_changes_captured_total", "Row changes decoded from the slot", ["table", "op"])
 TRANSACTIONS = Counter("bridge_transactions_total", "Committed source transactions seen")
 DECODED_BYTES = Counter("bridge_decoded_bytes_total", "test_decoding text bytes read")
+NATIVE_CHANGES = Counter("bridge_producer_native_changes_total",
+                         "Changes the native core parsed, converted and encoded whole (the others took the "
+                         "Python reference path)")
 RECORDS_PRODUCED = Counter("bridge_records_produced_total", "Records delivered to the broker", ["topic"])
 PRODUCE_ERRORS = Counter("bridge_produce_errors_total", "Records the broker refused or lost")
 SLOT_RETAINED_WAL = Gauge("bridge_slot_retained_wal_bytes",

@@ -67,7 +67,7 @@ class Decoder:
         lsn, xid, ts = txn.commit_lsn, txn.xid or 0, txn.commit_ts_us
         include, event = self._include, self._changes.event
         encode = self._encode if stamp is not None else None
-        seq = 0
+        seq = native = 0
         decoded_bytes = 0  # counted once per transaction, not per line
         try:
             for line in txn.lines():
@@ -76,6 +76,7 @@ class Decoder:
                     done = encode(line, seq, stamp)
                     if done is not None:
                         if include(done[0].schema, done[0].table):
+                            native += 1
                             yield (*done, seq)
                         seq += 1
                         continue
@@ -98,6 +99,8 @@ class Decoder:
                     raise DecodeError("unexpected line inside a transaction", line=line[:200], offset=0)
         finally:
             metrics.DECODED_BYTES.inc(decoded_bytes)
+            if native:
+                metrics.NATIVE_CHANGES.inc(native)
             self.positions = seq
             self._line = None
 

@@ -13,6 +13,7 @@ installed plans (so the comparison is not reference against reference).
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bridge.codec import EnvelopeDecoder
 from bridge.codec.store import TopicSchemaStore
+from bridge.local import free_port
 from tests.conftest import Broker
 from tests.pipeline import BridgeProcess, slot_confirmed, wait_slot_active, write_config
 
@@ -123,7 +125,8 @@ def test_native_producer_writes_what_the_reference_writes(broker: Broker, source
         conn.execute("SELECT pg_create_logical_replication_slot('nat', 'test_decoding')")
         conn.execute("SELECT pg_copy_logical_replication_slot('nat', 'ref')")
     procs = {}
-    for slot, env in (("nat", {}), ("ref", {"BRIDGE_NATIVE": "0"})):
+    nat_port = free_port()
+    for slot, env in (("nat", {"BRIDGE_METRICS__PORT": str(nat_port)}), ("ref", {"BRIDGE_NATIVE": "0"})):
         cfg = write_config(tmp_path, source_dsn=source_dsn, target_dsn=source_dsn, bootstrap=broker.bootstrap,
                            ack="kafka", prefix=f"p{slot}", slot=slot, kafka__tombstones=True)
         procs[slot] = BridgeProcess("produce", cfg, tmp_path, env=env, name=f"produce-{slot}").start()
@@ -145,6 +148,12 @@ def test_native_producer_writes_what_the_reference_writes(broker: Broker, source
         wait_confirmed()
         workload_after_catalog_read(source_dsn)
         wait_confirmed()
+        # the producer's decode stage really took the native path (not only installed plans)
+        with urllib.request.urlopen(f"http://127.0.0.1:{nat_port}/metrics", timeout=10) as resp:
+            scraped = resp.read().decode()
+        native = [float(line.split()[-1]) for line in scraped.splitlines()
+                  if line.startswith("bridge_producer_native_changes_total ")]
+        assert native and native[0] > 100, scraped[-2000:]
     finally:
         for proc in procs.values():
             proc.terminate()
