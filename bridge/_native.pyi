@@ -1,3 +1,30 @@
 """Type stubs of the compiled extension (native/src); keep in step with the #[pyfunction]s and #[pyclass]es."""
 
 __version__: str
+
+# -- the sink path (native/src/sink) --------------------------------------------------------------
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+class NativeRow:
+    """A row record that stays in its record's bytes; a read-only sequence of value forms."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def to_tuple(self) -> tuple[Any, ...]: ...
+
+class EnvelopePlan:
+    """The bounded reader of one writer schema's envelopes; columns: (kind, precision, scale, ndims)."""
+
+    def __init__(self, columns: list[tuple[str, int, int, int]]) -> None: ...
+    def decode(self, value: bytes, offset: int) -> tuple[int, int, int, int, int | None, bool, int,
+                                                         tuple[str, ...], NativeRow | None, NativeRow | None]: ...
+    def __len__(self) -> int: ...
+
+class CopyPlan:
+    """Binary COPY tuples of (lsn, seq, op, aux, NativeRow) items, into a reused buffer."""
+
+    def __init__(self, codes: list[str], meta: bool, fallback: Callable[[int, Any], bytes]) -> None: ...
+    def encode(self, items: list[Any]) -> bytes | None: ...

@@ -265,7 +265,6 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
     from confluent_kafka import Consumer, Producer
 
     from bridge.ack.channel import AckPublisher, acks_topic
-    from bridge.codec import EnvelopeDecoder
     from bridge.produce.topics import TopicManager
     from bridge.sink.admit import Admission
     from bridge.sink.apply import Applier
@@ -285,7 +284,9 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
     consumer = Consumer(kafka_consumer_config(cfg.kafka.bootstrap_servers, cfg.sink.group_id, extra))
     side = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "enable.idempotence": True,
                      "acks": "all", "linger.ms": 5, **extra})
-    decoder = EnvelopeDecoder(_schema_store(cfg), topic_prefix=cfg.kafka.topic_prefix)
+    # native sink path (issue 16): the Rust reader unless BRIDGE_NATIVE=0
+    from bridge.sink.native_stage import envelope_decoder
+    decoder = envelope_decoder(_schema_store(cfg), topic_prefix=cfg.kafka.topic_prefix)
     applier = Applier(cfg.sink.conninfo(), state_schema=cfg.sink.state_schema)
     loop = SinkLoop(
         consumer=consumer, decode=decoder.decode,

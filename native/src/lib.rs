@@ -3,8 +3,11 @@
 
 use pyo3::prelude::*;
 
+pub mod sink;
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    sink::register(m)?; // the sink path: Avro envelopes -> binary COPY (native/src/sink)
     Ok(())
 }
