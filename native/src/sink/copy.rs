@@ -136,10 +136,11 @@ pub fn field(out: &mut Vec<u8>, code: Code, scalar: Scalar, v: ValueRef<'_>, scr
         }
         (ValueRef::Int(x), _) => int_field(out, code, x),
         (ValueRef::Float(x), Code::F) => {
-            // Python widens to a double and narrows back (a signalling NaN comes back quiet)
-            let y = f64::from(x) as f32;
+            // Python (3.11) widens to a double and narrows back: a signalling NaN comes back
+            // quiet, its payload kept (the hardware conversion sets the quiet bit)
+            let bits = if x.is_nan() { x.to_bits() | 0x0040_0000 } else { x.to_bits() };
             out.extend_from_slice(&4i32.to_be_bytes());
-            out.extend_from_slice(&y.to_bits().to_be_bytes());
+            out.extend_from_slice(&bits.to_be_bytes());
             Field::Done
         }
         (ValueRef::Double(x), Code::D) => {
