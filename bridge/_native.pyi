@@ -18,9 +18,14 @@ class NativeRow:
 class EnvelopePlan:
     """The bounded reader of one writer schema's envelopes; columns: (kind, precision, scale, ndims)."""
 
-    def __init__(self, columns: list[tuple[str, int, int, int]]) -> None: ...
+    def __init__(self, columns: list[tuple[str, int, int, int]],
+                 change_type: tuple[Any, Any, Any, Any, tuple[Any, ...]] | None = None) -> None: ...
     def decode(self, value: bytes, offset: int) -> tuple[int, int, int, int, int | None, bool, int,
                                                          tuple[str, ...], NativeRow | None, NativeRow | None]: ...
+    def change(self, value: bytes, offset: int) -> Any:
+        """change_class(relation, op, position_class(lsn, seq), xid, commit_ts, before, after,
+        unchanged, snapshot, ts_ms), from change_type = (change_class, position_class, lsn_class,
+        relation, ops)."""
     def __len__(self) -> int: ...
 
 class CopyPlan:

@@ -50,21 +50,32 @@ def column_spec(col: Column) -> tuple[str, int, int, int]:
 
 
 def envelope_plan(relation: Relation) -> Any:
-    """The Rust reader of `relation`'s envelopes (built once per writer schema)."""
-    return native.module().EnvelopePlan([column_spec(c) for c in relation.columns])
+    """The Rust reader of `relation`'s envelopes (built once per writer schema); its `change`
+    returns the sink's `DecodedChange` directly."""
+    return native.module().EnvelopePlan([column_spec(c) for c in relation.columns],
+                                        (DecodedChange, Position, Lsn, relation, _OPS))
 
 
 class NativeEnvelopeDecoder(EnvelopeDecoder):
     """`EnvelopeDecoder` with the Rust reader: same framing, schema lookup, validation and
     caching (inherited), same errors (`CodecError` for a body that does not decode), rows as
-    `NativeRow`s."""
+    `NativeRow`s (standing in for the row tuples: read-only sequences of the same value forms)."""
 
     def __init__(self, store: SchemaStore, *, topic_prefix: str | None = None) -> None:
         super().__init__(store, topic_prefix=topic_prefix)
         self._plans: dict[int, tuple[_Entry, Any]] = {}
+        # the framing header of the last record and its plan: consecutive records of a topic
+        # share their writer schema, and a header names one schema for good (a fingerprint, or
+        # a registry id), so the lookup is skipped while the header repeats
+        self._header = b"\xff"  # matches no framing
+        self._plan: Any = None
+        self._off = 0
 
     def decode(self, value: bytes) -> DecodedChange:
         """Decode one framed envelope (the sink's consume hot path)."""
+        if value.startswith(self._header):
+            change: DecodedChange = self._plan.change(value, self._off)
+            return change
         if not value:
             raise CodecError("empty record value (a tombstone is not an envelope)")
         schema, off = self._store.lookup(value)
@@ -74,13 +85,9 @@ class NativeEnvelopeDecoder(EnvelopeDecoder):
             if e.read_rows is None:  # not the standard layout (never after validation)
                 return super().decode(value)
             got = self._plans[id(e)] = (e, envelope_plan(e.relation))
-        op, lsn, seq, xid, commit_ts, snapshot, ts_ms, unchanged, before, after = got[1].decode(value, off)
-        commit_lsn = self._lsn
-        if commit_lsn.value != lsn:
-            commit_lsn = self._lsn = Lsn(lsn)
-        # NativeRow stands in for the row tuple: a read-only sequence of the same value forms
-        return DecodedChange(e.relation, _OPS[op], Position(commit_lsn, seq), xid, commit_ts, before, after,
-                             unchanged, snapshot, ts_ms)
+        self._header, self._plan, self._off = value[:off], got[1], off
+        change = got[1].change(value, off)
+        return change
 
 
 def envelope_decoder(store: SchemaStore, *, topic_prefix: str | None = None) -> EnvelopeDecoder:

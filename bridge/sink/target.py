@@ -17,7 +17,9 @@ import psycopg
 
 from bridge.errors import TargetSchemaError
 from bridge.relation import Column, Relation
-from bridge.sink.native_stage import row_encoder  # native sink path (issue 16): Rust COPY encoder, BRIDGE_NATIVE=0 = reference
+
+# native sink path (issue 16): the Rust COPY encoder for decoded rows; BRIDGE_NATIVE=0 = stage.row_encoder
+from bridge.sink.native_stage import row_encoder
 from bridge.sink.stage import Encoder, column_code, is_array, staging_type, wire_for
 from bridge.sink.statements import run
 from bridge.sink.types import candidates

@@ -38,7 +38,10 @@ impl<'a> Reader<'a> {
     }
 
     fn err<T>(&self, what: &'static str) -> Result<T> {
-        Err(Error { what, offset: self.p })
+        Err(Error {
+            what,
+            offset: self.p,
+        })
     }
 
     pub fn remaining(&self) -> usize {
@@ -114,7 +117,10 @@ impl<'a> Reader<'a> {
     pub fn string(&mut self) -> Result<&'a str> {
         let at = self.p;
         let b = self.bytes()?;
-        std::str::from_utf8(b).map_err(|_| Error { what: "invalid UTF-8", offset: at })
+        std::str::from_utf8(b).map_err(|_| Error {
+            what: "invalid UTF-8",
+            offset: at,
+        })
     }
 
     pub fn f32(&mut self) -> Result<f32> {
@@ -155,7 +161,10 @@ pub enum Scalar {
     Bytes,
     Str,
     /// `["null", bytes decimal(p,s), "string"]`: `limit` is the most bytes of the precision.
-    Dec { scale: u32, limit: usize },
+    Dec {
+        scale: u32,
+        limit: usize,
+    },
 }
 
 impl Scalar {
@@ -206,7 +215,12 @@ pub fn special_decimal(s: &str) -> bool {
 }
 
 /// Read one non-null scalar (after its union branch).
-fn scalar<'a>(r: &mut Reader<'a>, s: Scalar, branch: u8, check: &mut dyn DecimalCheck) -> Result<ValueRef<'a>> {
+fn scalar<'a>(
+    r: &mut Reader<'a>,
+    s: Scalar,
+    branch: u8,
+    check: &mut dyn DecimalCheck,
+) -> Result<ValueRef<'a>> {
     Ok(match s {
         Scalar::Int | Scalar::Long => ValueRef::Int(r.long()?),
         Scalar::Float => ValueRef::Float(r.f32()?),
@@ -219,7 +233,10 @@ fn scalar<'a>(r: &mut Reader<'a>, s: Scalar, branch: u8, check: &mut dyn Decimal
                 let at = r.p;
                 let b = r.bytes()?;
                 if b.len() > limit {
-                    return Err(Error { what: "decimal larger than its precision allows", offset: at });
+                    return Err(Error {
+                        what: "decimal larger than its precision allows",
+                        offset: at,
+                    });
                 }
                 ValueRef::DecBytes(b, scale)
             } else {
@@ -227,10 +244,16 @@ fn scalar<'a>(r: &mut Reader<'a>, s: Scalar, branch: u8, check: &mut dyn Decimal
                 let s = r.string()?;
                 // Python counts characters; NaN / Infinity, never a number past numeric's digits
                 if s.len() > 1100 && s.chars().count() > 1100 {
-                    return Err(Error { what: "decimal larger than its precision allows", offset: at });
+                    return Err(Error {
+                        what: "decimal larger than its precision allows",
+                        offset: at,
+                    });
                 }
                 if !special_decimal(s) && !check.accepts(s) {
-                    return Err(Error { what: "decimal string does not parse", offset: at });
+                    return Err(Error {
+                        what: "decimal string does not parse",
+                        offset: at,
+                    });
                 }
                 ValueRef::DecStr(s)
             }
@@ -240,14 +263,21 @@ fn scalar<'a>(r: &mut Reader<'a>, s: Scalar, branch: u8, check: &mut dyn Decimal
 
 /// A nullable scalar: `["null", T]` (or `["null", decimal, "string"]`). The union index is one
 /// byte, as the Python reader reads it.
-pub fn nullable_scalar<'a>(r: &mut Reader<'a>, s: Scalar, check: &mut dyn DecimalCheck) -> Result<ValueRef<'a>> {
+pub fn nullable_scalar<'a>(
+    r: &mut Reader<'a>,
+    s: Scalar,
+    check: &mut dyn DecimalCheck,
+) -> Result<ValueRef<'a>> {
     let at = r.p;
     let u = r.byte()?;
     match (u, s) {
         (0, _) => Ok(ValueRef::Null),
         (2, _) => scalar(r, s, 2, check),
         (4, Scalar::Dec { .. }) => scalar(r, s, 4, check),
-        _ => Err(Error { what: "union branch index out of range", offset: at }),
+        _ => Err(Error {
+            what: "union branch index out of range",
+            offset: at,
+        }),
     }
 }
 
@@ -287,7 +317,11 @@ pub enum ArrayEvent<'a> {
 }
 
 /// Read one column of a row record.
-pub fn column<'a>(r: &mut Reader<'a>, col: Col, check: &mut dyn DecimalCheck) -> Result<ValueRef<'a>> {
+pub fn column<'a>(
+    r: &mut Reader<'a>,
+    col: Col,
+    check: &mut dyn DecimalCheck,
+) -> Result<ValueRef<'a>> {
     if col.ndims == 0 {
         return nullable_scalar(r, col.scalar, check);
     }
@@ -299,7 +333,10 @@ pub fn column<'a>(r: &mut Reader<'a>, col: Col, check: &mut dyn DecimalCheck) ->
             walk_array(r, col, col.ndims.min(MAX_NDIMS), check, &mut |_| {})?;
             Ok(ValueRef::Array(start))
         }
-        _ => Err(Error { what: "union branch index out of range", offset: at }),
+        _ => Err(Error {
+            what: "union branch index out of range",
+            offset: at,
+        }),
     }
 }
 
@@ -326,7 +363,11 @@ pub struct Envelope<'a> {
     pub unchanged: Vec<&'a str>,
 }
 
-fn nullable_row(r: &mut Reader<'_>, cols: &[Col], check: &mut dyn DecimalCheck) -> Result<Option<usize>> {
+fn nullable_row(
+    r: &mut Reader<'_>,
+    cols: &[Col],
+    check: &mut dyn DecimalCheck,
+) -> Result<Option<usize>> {
     let at = r.p;
     match r.byte()? {
         0 => Ok(None),
@@ -335,20 +376,31 @@ fn nullable_row(r: &mut Reader<'_>, cols: &[Col], check: &mut dyn DecimalCheck) 
             skip_row(r, cols, check)?;
             Ok(Some(start))
         }
-        _ => Err(Error { what: "union branch index out of range", offset: at }),
+        _ => Err(Error {
+            what: "union branch index out of range",
+            offset: at,
+        }),
     }
 }
 
 /// Decode the envelope body at `value[off..]` (after the framing), validating all of it:
 /// rows, op, `source`, `ts_ms`, `unchanged`, and no trailing bytes.
-pub fn envelope<'a>(value: &'a [u8], off: usize, cols: &[Col], check: &mut dyn DecimalCheck) -> Result<Envelope<'a>> {
+pub fn envelope<'a>(
+    value: &'a [u8],
+    off: usize,
+    cols: &[Col],
+    check: &mut dyn DecimalCheck,
+) -> Result<Envelope<'a>> {
     let mut r = Reader::new(value, off);
     let before = nullable_row(&mut r, cols, check)?;
     let after = nullable_row(&mut r, cols, check)?;
     let at = r.p;
     let z = r.varint()?;
     if z & 1 == 1 || (z >> 1) >= 5 {
-        return Err(Error { what: "enum index out of range", offset: at });
+        return Err(Error {
+            what: "enum index out of range",
+            offset: at,
+        });
     }
     let op = (z >> 1) as u8;
     r.string()?; // source.db
@@ -357,7 +409,10 @@ pub fn envelope<'a>(value: &'a [u8], off: usize, cols: &[Col], check: &mut dyn D
     let at = r.p;
     let commit_lsn = r.long()?;
     if !(0..=i128::from(u64::MAX)).contains(&commit_lsn) {
-        return Err(Error { what: "commit LSN out of range", offset: at });
+        return Err(Error {
+            what: "commit LSN out of range",
+            offset: at,
+        });
     }
     let seq = r.long()?;
     let xid = r.long()?;
@@ -365,7 +420,12 @@ pub fn envelope<'a>(value: &'a [u8], off: usize, cols: &[Col], check: &mut dyn D
     let commit_ts = match r.byte()? {
         0 => None,
         2 => Some(r.long()?),
-        _ => return Err(Error { what: "union branch index out of range", offset: at }),
+        _ => {
+            return Err(Error {
+                what: "union branch index out of range",
+                offset: at,
+            })
+        }
     };
     let snapshot = r.byte()? == 1;
     let ts_ms = r.long()?;
@@ -380,9 +440,23 @@ pub fn envelope<'a>(value: &'a [u8], off: usize, cols: &[Col], check: &mut dyn D
         }
     }
     if r.p != value.len() {
-        return Err(Error { what: "record body has trailing bytes", offset: r.p });
+        return Err(Error {
+            what: "record body has trailing bytes",
+            offset: r.p,
+        });
     }
-    Ok(Envelope { before, after, op, commit_lsn, seq, xid, commit_ts, snapshot, ts_ms, unchanged })
+    Ok(Envelope {
+        before,
+        after,
+        op,
+        commit_lsn,
+        seq,
+        xid,
+        commit_ts,
+        snapshot,
+        ts_ms,
+        unchanged,
+    })
 }
 
 /// Accepts every decimal string (for the fuzz target and tests without Python).
@@ -400,7 +474,10 @@ mod tests {
 
     #[test]
     fn varint_limits() {
-        let mut r = Reader::new(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01], 0);
+        let mut r = Reader::new(
+            &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01],
+            0,
+        );
         assert!(r.long().is_ok());
         let mut r = Reader::new(&[0x80; 11], 0);
         assert!(r.long().is_err());

@@ -75,7 +75,11 @@ fn int_field(out: &mut Vec<u8>, code: Code, v: i128) -> Field {
             Err(_) => Field::Bad("smallint out of range"),
         },
         Code::I | Code::Date => {
-            let v = if code == Code::Date && -(1i128 << 31) < v && v < (1i128 << 31) - 1 { v - 10957 } else { v };
+            let v = if code == Code::Date && -(1i128 << 31) < v && v < (1i128 << 31) - 1 {
+                v - 10957
+            } else {
+                v
+            };
             match i32::try_from(v) {
                 Ok(x) => {
                     out.extend_from_slice(&4i32.to_be_bytes());
@@ -128,7 +132,13 @@ fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
 }
 
 /// Append the COPY field (length + body) of a non-null value of `scalar` read as `v`.
-pub fn field(out: &mut Vec<u8>, code: Code, scalar: Scalar, v: ValueRef<'_>, scratch: &mut Vec<u8>) -> Field {
+pub fn field(
+    out: &mut Vec<u8>,
+    code: Code,
+    scalar: Scalar,
+    v: ValueRef<'_>,
+    scratch: &mut Vec<u8>,
+) -> Field {
     match (v, code) {
         (ValueRef::Null, _) => {
             out.extend_from_slice(&(-1i32).to_be_bytes());
@@ -138,7 +148,11 @@ pub fn field(out: &mut Vec<u8>, code: Code, scalar: Scalar, v: ValueRef<'_>, scr
         (ValueRef::Float(x), Code::F) => {
             // Python (3.11) widens to a double and narrows back: a signalling NaN comes back
             // quiet, its payload kept (the hardware conversion sets the quiet bit)
-            let bits = if x.is_nan() { x.to_bits() | 0x0040_0000 } else { x.to_bits() };
+            let bits = if x.is_nan() {
+                x.to_bits() | 0x0040_0000
+            } else {
+                x.to_bits()
+            };
             out.extend_from_slice(&4i32.to_be_bytes());
             out.extend_from_slice(&bits.to_be_bytes());
             Field::Done

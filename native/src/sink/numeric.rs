@@ -52,7 +52,11 @@ pub fn sci_string(neg: bool, digits: &str, scale: u32, out: &mut Vec<u8>) {
     let exp = -i64::from(scale);
     let n = digits.len() as i64;
     let leftdigits = exp + n;
-    let dotplace = if exp <= 0 && leftdigits > -6 { leftdigits } else { 1 };
+    let dotplace = if exp <= 0 && leftdigits > -6 {
+        leftdigits
+    } else {
+        1
+    };
     if neg {
         out.push(b'-');
     }
@@ -201,7 +205,10 @@ mod tests {
         assert_eq!(coefficient(&[0xff]), (true, "1".into()));
         assert_eq!(coefficient(&[0x00, 0xff]), (false, "255".into()));
         assert_eq!(coefficient(&[0x80]), (true, "128".into()));
-        assert_eq!(coefficient(&[0x3b, 0x9a, 0xca, 0x00]), (false, "1000000000".into()));
+        assert_eq!(
+            coefficient(&[0x3b, 0x9a, 0xca, 0x00]),
+            (false, "1000000000".into())
+        );
     }
 
     #[test]

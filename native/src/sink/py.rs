@@ -21,7 +21,9 @@ static CODEC_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn decimal_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     Ok(DECIMAL
-        .get_or_try_init(py, || -> PyResult<Py<PyAny>> { Ok(py.import("decimal")?.getattr("Decimal")?.unbind()) })?
+        .get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            Ok(py.import("decimal")?.getattr("Decimal")?.unbind())
+        })?
         .bind(py))
 }
 
@@ -34,7 +36,10 @@ fn codec_error(py: Python<'_>, e: &avro::Error, size: usize) -> PyErr {
         let kw = PyDict::new(py);
         kw.set_item("offset", e.offset)?;
         kw.set_item("size", size)?;
-        let exc = cls.bind(py).call((format!("record body does not decode: {}", e.what),), Some(&kw))?;
+        let exc = cls.bind(py).call(
+            (format!("record body does not decode: {}", e.what),),
+            Some(&kw),
+        )?;
         Ok(PyErr::from_value(exc))
     };
     build().unwrap_or_else(|err| err)
@@ -68,7 +73,11 @@ fn parse_col(kind: &str, precision: u32, scale: u32, ndims: u8) -> PyResult<Col>
         "string" => Scalar::Str,
         "decimal" => Scalar::decimal(precision, scale)
             .ok_or_else(|| PyValueError::new_err("decimal precision must be 1 to 1000"))?,
-        _ => return Err(PyValueError::new_err(format!("unknown column kind {kind:?}"))),
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "unknown column kind {kind:?}"
+            )))
+        }
     };
     if ndims > avro::MAX_NDIMS {
         return Err(PyValueError::new_err("at most 6 array dimensions"));
@@ -77,7 +86,12 @@ fn parse_col(kind: &str, precision: u32, scale: u32, ndims: u8) -> PyResult<Col>
 }
 
 /// One value of a row as a Python object (the value forms of docs/internals.md).
-fn materialise<'py>(py: Python<'py>, data: &[u8], col: Col, v: ValueRef<'_>) -> PyResult<Bound<'py, PyAny>> {
+fn materialise<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    col: Col,
+    v: ValueRef<'_>,
+) -> PyResult<Bound<'py, PyAny>> {
     Ok(match v {
         ValueRef::Null => py.None().into_bound(py),
         ValueRef::Int(x) => int(py, x)?,
@@ -98,32 +112,41 @@ fn materialise<'py>(py: Python<'py>, data: &[u8], col: Col, v: ValueRef<'_>) -> 
             let mut stack: Vec<Vec<Bound<'py, PyAny>>> = Vec::new();
             let mut done: Option<Bound<'py, PyAny>> = None;
             let mut failed: Option<PyErr> = None;
-            let walked = avro::walk_array(&mut r, col, col.ndims, &mut avro::AcceptAll, &mut |ev| {
-                if failed.is_some() {
-                    return;
-                }
-                match ev {
-                    ArrayEvent::Open => stack.push(Vec::new()),
-                    ArrayEvent::Item(x) => match materialise(py, data, Col { scalar: col.scalar, ndims: 0 }, x) {
-                        Ok(o) => {
-                            if let Some(top) = stack.last_mut() {
-                                top.push(o);
+            let walked =
+                avro::walk_array(&mut r, col, col.ndims, &mut avro::AcceptAll, &mut |ev| {
+                    if failed.is_some() {
+                        return;
+                    }
+                    match ev {
+                        ArrayEvent::Open => stack.push(Vec::new()),
+                        ArrayEvent::Item(x) => match materialise(
+                            py,
+                            data,
+                            Col {
+                                scalar: col.scalar,
+                                ndims: 0,
+                            },
+                            x,
+                        ) {
+                            Ok(o) => {
+                                if let Some(top) = stack.last_mut() {
+                                    top.push(o);
+                                }
+                            }
+                            Err(e) => failed = Some(e),
+                        },
+                        ArrayEvent::Close => {
+                            let items = stack.pop().unwrap_or_default();
+                            match PyList::new(py, items) {
+                                Ok(list) => match stack.last_mut() {
+                                    Some(parent) => parent.push(list.into_any()),
+                                    None => done = Some(list.into_any()),
+                                },
+                                Err(e) => failed = Some(e),
                             }
                         }
-                        Err(e) => failed = Some(e),
-                    },
-                    ArrayEvent::Close => {
-                        let items = stack.pop().unwrap_or_default();
-                        match PyList::new(py, items) {
-                            Ok(list) => match stack.last_mut() {
-                                Some(parent) => parent.push(list.into_any()),
-                                None => done = Some(list.into_any()),
-                            },
-                            Err(e) => failed = Some(e),
-                        }
                     }
-                }
-            });
+                });
             if let Some(e) = failed {
                 return Err(e);
             }
@@ -148,7 +171,8 @@ impl NativeRow {
         let mut r = avro::Reader::new(data, self.start);
         let mut out = Vec::with_capacity(self.cols.len());
         for &c in self.cols.iter() {
-            let v = avro::column(&mut r, c, &mut avro::AcceptAll).map_err(|e| codec_error(py, &e, data.len()))?;
+            let v = avro::column(&mut r, c, &mut avro::AcceptAll)
+                .map_err(|e| codec_error(py, &e, data.len()))?;
             out.push(materialise(py, data, c, v)?);
         }
         PyTuple::new(py, out)
@@ -165,17 +189,22 @@ impl NativeRow {
         let n = self.cols.len() as isize;
         let i = if index < 0 { index + n } else { index };
         if i < 0 || i >= n {
-            return Err(pyo3::exceptions::PyIndexError::new_err("row index out of range"));
+            return Err(pyo3::exceptions::PyIndexError::new_err(
+                "row index out of range",
+            ));
         }
         let data = self.value.bind(py).as_bytes();
         let mut r = avro::Reader::new(data, self.start);
         for (j, &c) in self.cols.iter().enumerate() {
-            let v = avro::column(&mut r, c, &mut avro::AcceptAll).map_err(|e| codec_error(py, &e, data.len()))?;
+            let v = avro::column(&mut r, c, &mut avro::AcceptAll)
+                .map_err(|e| codec_error(py, &e, data.len()))?;
             if j as isize == i {
                 return materialise(py, data, c, v);
             }
         }
-        Err(pyo3::exceptions::PyIndexError::new_err("row index out of range"))
+        Err(pyo3::exceptions::PyIndexError::new_err(
+            "row index out of range",
+        ))
     }
 
     fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -207,27 +236,125 @@ impl NativeRow {
 /// The reader of one writer schema's envelopes. `columns` lists, per row field,
 /// `(kind, precision, scale, ndims)`: kind one of int, long, float, double, boolean, bytes,
 /// string, decimal (`["null", decimal(p,s), "string"]`).
+type ChangeType = (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyTuple>);
+
 #[pyclass(frozen, module = "bridge._native")]
 pub struct EnvelopePlan {
     cols: Arc<Vec<Col>>,
+    /// `(change_class, position_class, lsn_class, relation, ops)` when built with `change_type`:
+    /// `change` then builds the sink's change object itself (no Python frame per record).
+    change_type: Option<ChangeType>,
+    /// The last commit LSN and its `Lsn` object: a transaction's records share it.
+    last_lsn: Mutex<Option<(i128, Py<PyAny>)>>,
 }
 
 #[pymethods]
 impl EnvelopePlan {
     #[new]
-    fn new(columns: Vec<(String, u32, u32, u8)>) -> PyResult<Self> {
+    #[pyo3(signature = (columns, change_type=None))]
+    fn new(
+        columns: Vec<(String, u32, u32, u8)>,
+        change_type: Option<ChangeType>,
+    ) -> PyResult<Self> {
         let cols = columns
             .iter()
             .map(|(k, p, s, n)| parse_col(k, *p, *s, *n))
             .collect::<PyResult<Vec<_>>>()?;
-        Ok(EnvelopePlan { cols: Arc::new(cols) })
+        Ok(EnvelopePlan {
+            cols: Arc::new(cols),
+            change_type,
+            last_lsn: Mutex::new(None),
+        })
+    }
+
+    /// Decode as `decode`, and return `change_class(relation, op, position_class(lsn, seq), xid,
+    /// commit_ts, before, after, unchanged, snapshot, ts_ms)` with `op` from `ops` and `lsn` an
+    /// `lsn_class` object (reused while the commit LSN stays the same). Raises `CodecError` as
+    /// `decode`.
+    fn change<'py>(
+        &self,
+        py: Python<'py>,
+        value: &Bound<'py, PyAny>,
+        offset: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Some((make, position_class, lsn_class, relation, ops)) = &self.change_type else {
+            return Err(PyTypeError::new_err(
+                "EnvelopePlan built without change_type",
+            ));
+        };
+        let bytes: Bound<'py, PyBytes> = match value.cast::<PyBytes>() {
+            Ok(b) => b.clone(),
+            Err(_) => PyBytes::new(py, &value.extract::<Vec<u8>>()?),
+        };
+        let data = bytes.as_bytes();
+        let env = avro::envelope(data, offset, &self.cols, &mut PyDecimalCheck(py))
+            .map_err(|e| codec_error(py, &e, data.len()))?;
+        let lsn = {
+            let mut last = self
+                .last_lsn
+                .lock()
+                .map_err(|_| PyTypeError::new_err("EnvelopePlan poisoned"))?;
+            match &*last {
+                Some((v, obj)) if *v == env.commit_lsn => obj.clone_ref(py),
+                _ => {
+                    let obj = lsn_class
+                        .bind(py)
+                        .call1((int(py, env.commit_lsn)?,))?
+                        .unbind();
+                    *last = Some((env.commit_lsn, obj.clone_ref(py)));
+                    obj
+                }
+            }
+        };
+        let row = |start: Option<usize>| -> PyResult<Bound<'py, PyAny>> {
+            match start {
+                None => Ok(py.None().into_bound(py)),
+                Some(s) => Ok(Bound::new(
+                    py,
+                    NativeRow {
+                        value: bytes.clone().unbind(),
+                        start: s,
+                        cols: self.cols.clone(),
+                    },
+                )?
+                .into_any()),
+            }
+        };
+        let unchanged = PyTuple::new(py, env.unchanged.iter().map(|s| PyString::new(py, s)))?;
+        let commit_ts = match env.commit_ts {
+            Some(t) => int(py, t)?,
+            None => py.None().into_bound(py),
+        };
+        let args = PyTuple::new(
+            py,
+            [
+                relation.bind(py).clone(),
+                ops.bind(py).get_item(usize::from(env.op))?,
+                position_class.bind(py).call1((lsn, int(py, env.seq)?))?,
+                int(py, env.xid)?,
+                commit_ts,
+                row(env.before)?,
+                row(env.after)?,
+                unchanged.into_any(),
+                pyo3::types::PyBool::new(py, env.snapshot)
+                    .to_owned()
+                    .into_any(),
+                int(py, env.ts_ms)?,
+            ],
+        )?;
+        make.bind(py).call1(args)
     }
 
     /// Decode the envelope at `value[offset:]` (after the framing). Returns
     /// `(op index, commit_lsn, seq, xid, commit_ts, snapshot, ts_ms, unchanged, before, after)`;
     /// raises `CodecError` when the body does not decode (bounded: nothing is allocated for a
     /// count or length the remaining bytes cannot hold).
-    fn decode<'py>(&self, py: Python<'py>, value: &Bound<'py, PyAny>, offset: usize) -> PyResult<Bound<'py, PyTuple>> {
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        value: &Bound<'py, PyAny>,
+        offset: usize,
+    ) -> PyResult<Bound<'py, PyTuple>> {
         let bytes: Bound<'py, PyBytes> = match value.cast::<PyBytes>() {
             Ok(b) => b.clone(),
             Err(_) => PyBytes::new(py, &value.extract::<Vec<u8>>()?),
@@ -238,8 +365,15 @@ impl EnvelopePlan {
         let row = |start: Option<usize>| -> PyResult<Bound<'py, PyAny>> {
             match start {
                 None => Ok(py.None().into_bound(py)),
-                Some(s) => Ok(Bound::new(py, NativeRow { value: bytes.clone().unbind(), start: s, cols: self.cols.clone() })?
-                    .into_any()),
+                Some(s) => Ok(Bound::new(
+                    py,
+                    NativeRow {
+                        value: bytes.clone().unbind(),
+                        start: s,
+                        cols: self.cols.clone(),
+                    },
+                )?
+                .into_any()),
             }
         };
         let unchanged = PyTuple::new(py, env.unchanged.iter().map(|s| PyString::new(py, s)))?;
@@ -255,7 +389,9 @@ impl EnvelopePlan {
                 int(py, env.seq)?,
                 int(py, env.xid)?,
                 commit_ts,
-                pyo3::types::PyBool::new(py, env.snapshot).to_owned().into_any(),
+                pyo3::types::PyBool::new(py, env.snapshot)
+                    .to_owned()
+                    .into_any(),
                 int(py, env.ts_ms)?,
                 unchanged.into_any(),
                 row(env.before)?,
@@ -291,20 +427,35 @@ impl CopyPlan {
     fn new(codes: Vec<String>, meta: bool, fallback: Py<PyAny>) -> PyResult<Self> {
         let codes = codes
             .iter()
-            .map(|c| Code::parse(c).ok_or_else(|| PyValueError::new_err(format!("unknown wire code {c:?}"))))
+            .map(|c| {
+                Code::parse(c)
+                    .ok_or_else(|| PyValueError::new_err(format!("unknown wire code {c:?}")))
+            })
             .collect::<PyResult<Vec<_>>>()?;
         if codes.len() > 1600 {
             return Err(PyValueError::new_err("at most 1,600 columns"));
         }
-        Ok(CopyPlan { codes, meta, fallback, buf: Mutex::new(Vec::new()) })
+        Ok(CopyPlan {
+            codes,
+            meta,
+            fallback,
+            buf: Mutex::new(Vec::new()),
+        })
     }
 
     /// The COPY tuples (no signature, no trailer) of `items`, each `(lsn, seq, op, aux, row)`;
     /// None when a row is not a `NativeRow` of as many columns (the caller then uses the
     /// reference encoder). Raises `ValueError` (or what the fallback raises) for a value its wire
     /// type cannot hold: the record is rejected by the caller, as with the reference encoder.
-    fn encode<'py>(&self, py: Python<'py>, items: &Bound<'py, PyList>) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let mut guard = self.buf.lock().map_err(|_| PyTypeError::new_err("CopyPlan buffer poisoned"))?;
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        items: &Bound<'py, PyList>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let mut guard = self
+            .buf
+            .lock()
+            .map_err(|_| PyTypeError::new_err("CopyPlan buffer poisoned"))?;
         let buf: &mut Vec<u8> = &mut guard;
         buf.clear();
         let mut scratch = Vec::new();
@@ -313,7 +464,9 @@ impl CopyPlan {
         for item in items.iter() {
             let t = item.cast::<PyTuple>()?;
             if t.len() != 5 {
-                return Err(PyValueError::new_err("a staging item is (lsn, seq, op, aux, row)"));
+                return Err(PyValueError::new_err(
+                    "a staging item is (lsn, seq, op, aux, row)",
+                ));
             }
             let row_obj = t.get_item(4)?;
             let Ok(row) = row_obj.cast::<NativeRow>() else {
@@ -346,7 +499,8 @@ impl CopyPlan {
             let data = value.as_bytes();
             let mut r = avro::Reader::new(data, row.start);
             for (i, (&c, &code)) in row.cols.iter().zip(self.codes.iter()).enumerate() {
-                let v = avro::column(&mut r, c, &mut avro::AcceptAll).map_err(|e| codec_error(py, &e, data.len()))?;
+                let v = avro::column(&mut r, c, &mut avro::AcceptAll)
+                    .map_err(|e| codec_error(py, &e, data.len()))?;
                 let outcome = if code == Code::Array && v != ValueRef::Null {
                     Field::Fallback
                 } else {
