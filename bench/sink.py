@@ -40,7 +40,7 @@ from bridge.local.postgres import LocalPostgres
 from bridge.lsn import Lsn
 from bridge.relation import Column, Relation
 from bridge.sink.apply import Applier
-from bridge.sink.native_stage import envelope_decoder
+from bridge.sink.native_stage import envelope_decoder, tune_gc
 from bridge.sink.records import SinkRecord
 from bridge.sink.stage import SIGNATURE, TRAILER, row_encoder
 
@@ -238,6 +238,7 @@ def main() -> None:
     args = ap.parse_args()
     n, batch = args.rows, args.batch
 
+    tune_gc()  # as the sink process does (bridge.cli)
     pg = LocalPostgres().start()
     try:
         dsn = pg.create_database("bench")

@@ -284,9 +284,10 @@ def build_sink(cfg: Config) -> tuple[Any, Callable[[], None]]:
     consumer = Consumer(kafka_consumer_config(cfg.kafka.bootstrap_servers, cfg.sink.group_id, extra))
     side = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "enable.idempotence": True,
                      "acks": "all", "linger.ms": 5, **extra})
-    # native sink path (issue 16): the Rust reader unless BRIDGE_NATIVE=0
-    from bridge.sink.native_stage import envelope_decoder
+    # native sink path (issue 16): the Rust reader unless BRIDGE_NATIVE=0; a GC tuned for batches
+    from bridge.sink.native_stage import envelope_decoder, tune_gc
     decoder = envelope_decoder(_schema_store(cfg), topic_prefix=cfg.kafka.topic_prefix)
+    tune_gc()
     applier = Applier(cfg.sink.conninfo(), state_schema=cfg.sink.state_schema)
     loop = SinkLoop(
         consumer=consumer, decode=decoder.decode,
