@@ -21,6 +21,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 THRESHOLD = 0.15
@@ -59,17 +60,14 @@ def du_mib(path: str) -> float:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / (1 << 20)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=200_000)
-    ap.add_argument("--sink-cpu-us", type=float, required=True,
-                    help="the native sink path's CPU per row from bench/sink.py (same machine, same run)")
-    args = ap.parse_args()
+def measure(rows: int, sink_cpu_us: float) -> dict[str, Any]:
+    """Both paths in Rust (CPU ns per row), pyarrow's handover and import when installed, and the
+    Arrow path's extra cost as a share of `sink_cpu_us`."""
     out = subprocess.run(["cargo", "run", "-q", "--release", "--example", "arrow_cost", "--manifest-path",
-                          str(ROOT / "native" / "Cargo.toml"), "--", str(args.rows)],
+                          str(ROOT / "native" / "Cargo.toml"), "--", str(rows)],
                          check=True, capture_output=True, text=True).stdout
     rust = json.loads(out.strip().splitlines()[-1])
-    res: dict[str, object] = {"rust": rust, "sink_cpu_us_per_row": args.sink_cpu_us}
+    res: dict[str, Any] = {"rust": rust, "sink_cpu_us_per_row": sink_cpu_us}
     probe = subprocess.run([sys.executable, "-c", PYARROW_PROBE], capture_output=True, text=True)
     handover = 0.0
     if probe.returncode == 0:
@@ -80,20 +78,39 @@ def main() -> None:
     else:
         res["pyarrow"] = "not installed (pip install pyarrow to measure the handover and import cost)"
     extra_ns = rust["arrow_ns_per_row"] - rust["direct_ns_per_row"] + handover
-    share = extra_ns / (args.sink_cpu_us * 1000)
+    share = extra_ns / (sink_cpu_us * 1000)
     res["arrow_extra_ns_per_row"] = extra_ns
     res["share_of_sink_cpu"] = share
-    res["decision"] = ("keep Arrow as the interface" if share < THRESHOLD else
-                       f"drop pyarrow: the Arrow path adds {share:.0%} of sink CPU (threshold {THRESHOLD:.0%})")
-    print(f"direct transcoding      {rust['direct_ns_per_row']:8.1f} ns/row")
-    print(f"via Arrow columns       {rust['arrow_ns_per_row']:8.1f} ns/row")
-    print(f"C data handover         {handover:8.2f} ns/row")
-    print(f"Arrow path extra        {extra_ns:8.1f} ns/row = {share:.1%} of {args.sink_cpu_us:.2f} us sink CPU per row")
-    if isinstance(res["pyarrow"], dict):
-        p = res["pyarrow"]
+    res["decision"] = (f"keep pyarrow: the Arrow path adds {share:.1%} of sink CPU (threshold {THRESHOLD:.0%})"
+                       if share < THRESHOLD else
+                       f"drop pyarrow: the Arrow path adds {share:.1%} of sink CPU (threshold {THRESHOLD:.0%})")
+    return res
+
+
+def report(res: dict[str, Any]) -> None:
+    rust = res["rust"]
+    print(f"direct transcoding      {rust['direct_ns_per_row']:8.1f} ns/row (CPU)")
+    print(f"via Arrow columns       {rust['arrow_ns_per_row']:8.1f} ns/row (CPU)")
+    p = res["pyarrow"]
+    if isinstance(p, dict):
+        print(f"C data handover         {p['handover_ns_per_row']:8.2f} ns/row")
+    print(f"Arrow path extra        {res['arrow_extra_ns_per_row']:8.1f} ns/row = {res['share_of_sink_cpu']:.1%} "
+          f"of {res['sink_cpu_us_per_row']:.2f} us sink CPU per row")
+    if isinstance(p, dict):
         print(f"import pyarrow          {p['import_s'] * 1000:8.0f} ms, +{p['import_rss_mib']:.0f} MiB RSS, "
               f"{p['package_mib']:.0f} MiB on disk (pyarrow {p['version']})")
     print(res["decision"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--sink-cpu-us", type=float, required=True,
+                    help="the native sink path's CPU per row from bench/sink.py (same machine; bench/sink.py "
+                         "runs this measurement itself with its own figure)")
+    args = ap.parse_args()
+    res = measure(args.rows, args.sink_cpu_us)
+    report(res)
     print(json.dumps(res))
 
 

@@ -34,6 +34,8 @@ from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.arrow_cost import measure as measure_arrow
+from bench.arrow_cost import report as report_arrow
 from bridge.codec import EnvelopeDecoder, MemorySchemaStore, TableCodec
 from bridge.events import ChangeEvent, Op, Position
 from bridge.local.postgres import LocalPostgres
@@ -315,8 +317,11 @@ def main() -> None:
                 print(f"{mixname:<8}{path:<8}{r[path]:>13,.0f}{cpu[mixname][path] * 1e6:>8.2f}us"
                       f"{r['copy']:>12,.0f}{r['copy_bytes']:>12,.0f}{r['upsert']:>13,.0f}"
                       f"{r[path] / r['copy_bytes']:>10.2f}{r[path] / r['upsert']:>11.2f}")
+        # the pyarrow decision (bench/arrow_cost.py) against this run's native sink CPU per row
+        arrow = measure_arrow(n, cpu["insert"]["native"] * 1e6)
+        report_arrow(arrow)
         print(json.dumps({"results": results, "cpu_us_per_row": {m: {p: v * 1e6 for p, v in c.items()}
-                                                                 for m, c in cpu.items()}}))
+                                                                 for m, c in cpu.items()}, "arrow": arrow}))
     finally:
         pg.destroy()
 
