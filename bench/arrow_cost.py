@@ -27,14 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 THRESHOLD = 0.15
 
 PYARROW_PROBE = r"""
-import json, resource, sys, time
+import json, sys, time
 from decimal import Decimal
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def rss_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+rss0 = rss_kib()
 t0 = time.perf_counter()
 import pyarrow as pa
 from pyarrow.cffi import ffi
 took = time.perf_counter() - t0
-rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss1 = rss_kib()
 n = 10_000
 batch = pa.record_batch({
     "id": pa.array(range(n), pa.int64()), "account_id": pa.array(range(n), pa.int32()),

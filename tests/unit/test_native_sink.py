@@ -37,7 +37,12 @@ I64 = 2**63
 
 
 def _decimal(p: int, s: int) -> st.SearchStrategy[Decimal]:
-    finite = st.integers(-(10**p) + 1, 10**p - 1).map(lambda n: Decimal(n).scaleb(-s))
+    finite = st.one_of(
+        st.integers(-(10**p) + 1, 10**p - 1).map(lambda n: Decimal(n).scaleb(-s)),
+        # every number of digits: str(Decimal) switches to exponent notation below 1E-6
+        st.tuples(st.integers(0, p), st.booleans()).map(lambda kn: Decimal((-1 if kn[1] else 1) * 10**kn[0] // 3)
+                                                        .scaleb(-s)),
+    )
     return st.one_of(finite, st.sampled_from([Decimal("NaN"), Decimal("Infinity"), Decimal("-Infinity"),
                                               Decimal(0).scaleb(-s)]))
 
@@ -286,6 +291,24 @@ def test_nan_payloads_match_the_reference() -> None:
         assert py.after is not None and nat.after is not None
         assert math.isnan(py.after[0]) and math.isnan(nat.after[0])
         _check_encoders(rel, [py.after], [nat.after])
+
+
+def test_decimals_at_every_exponent() -> None:
+    """`str(Decimal)` (the staging text of numeric) and the binary numeric, around the switch to
+    exponent notation and at the precision's ends."""
+    rel = Relation("public", "d", (Column("m", "numeric(40,30)", "numeric", precision=40, scale=30),), ())
+    store = MemorySchemaStore()
+    codec = TableCodec(rel, store, db="d", topic_prefix="bridge")
+    py_rows, nat_rows = [], []
+    for k in range(41):
+        for sign in (1, -1):
+            value = codec.value(ChangeEvent(rel, Op.INSERT, Position(Lsn(1), k), 1, None, None,
+                                            (Decimal(sign * (10**k // 7 or 1)).scaleb(-30),)))
+            py, nat = EnvelopeDecoder(store).decode(value), NativeEnvelopeDecoder(store).decode(value)
+            _check_decoded(py, nat)
+            py_rows.append(py.after)
+            nat_rows.append(nat.after)
+    _check_encoders(rel, py_rows, nat_rows)
 
 
 def test_rows_are_sequences_of_value_forms() -> None:

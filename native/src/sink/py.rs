@@ -405,9 +405,10 @@ impl EnvelopePlan {
     }
 }
 
-/// Bounds the reused buffer kept between calls (a batch bigger than this still encodes; the
-/// buffer is then given back).
-const KEEP_BUFFER: usize = 16 << 20;
+/// The most a `CopyPlan` keeps of its buffer between calls: one plan per table version lives as
+/// long as the sink, so a chunk of big rows (2,000 per call, `apply._CHUNK_ROWS`) must not pin its
+/// size for good; a chunk of ordinary rows (a few hundred KiB) reuses its buffer.
+const KEEP_BUFFER: usize = 1 << 20;
 
 /// The binary COPY tuples of one staging (or target) table: `codes` are `stage.py`'s wire
 /// codes per column, `meta` the four meta fields in front, `fallback(i, value)` the reference
