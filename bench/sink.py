@@ -1,12 +1,16 @@
-"""Sink apply throughput on the standard workload (/work/shared/workload.md), with the limits.
+"""Sink throughput and CPU on the standard workload (/work/shared/workload.md), with the limits.
 
     .venv/bin/python bench/sink.py [--rows 200000] [--batch 10000] [--repeat 1]
 
-Starts its own throwaway PostgreSQL. For the insert mix and the mixed mix it measures, on the
-same rows in the same run:
-- `Applier.apply` in batches of `--batch` records (applied rows/s);
-- binary COPY of the rows through psycopg 3 `write_row` (PostgreSQL's own load rate);
-- COPY of the rows into a staging table plus `INSERT … ON CONFLICT DO UPDATE` (the upsert path).
+Starts its own throwaway PostgreSQL. The records are the producer's framed Avro values
+(`TableCodec`); for the insert mix and the mixed mix it measures, on the same rows in the same run:
+- the sink's work per batch of `--batch` records: decode every value (`EnvelopeDecoder`) and
+  `Applier.apply` — once on the native path (bridge._native) and once on the Python reference
+  (`BRIDGE_NATIVE=0`): applied rows/s and the sink process's CPU time per row;
+- binary COPY of the rows through psycopg 3 `write_row`;
+- binary COPY of the same rows from bytes in hand (the stream encoded before the clock starts,
+  handed to `copy.write`): PostgreSQL's own load rate, the limit of any sink;
+- COPY of the rows into a staging table plus `INSERT … ON CONFLICT DO UPDATE` (the upsert limit).
 and prints the ratios.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import random
 import statistics
 import sys
@@ -29,12 +34,17 @@ from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.arrow_cost import measure as measure_arrow
+from bench.arrow_cost import report as report_arrow
+from bridge.codec import EnvelopeDecoder, MemorySchemaStore, TableCodec
 from bridge.events import ChangeEvent, Op, Position
 from bridge.local.postgres import LocalPostgres
 from bridge.lsn import Lsn
 from bridge.relation import Column, Relation
 from bridge.sink.apply import Applier
+from bridge.sink.native_stage import envelope_decoder, tune_gc
 from bridge.sink.records import SinkRecord
+from bridge.sink.stage import SIGNATURE, TRAILER, row_encoder
 
 ORDERS_DDL = """
 CREATE TABLE public.orders (
@@ -137,20 +147,33 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - t0
 
 
-CPU: list[float] = []  # applier rows per second of the bench process's own CPU time
+CPU: dict[str, list[float]] = {}  # path -> the bench process's CPU seconds per applied row
 
 
-def run_applier(dsn: str, records: list[SinkRecord], batch: int, expect: dict[int, tuple[Any, ...]]) -> float:
-    applier = Applier(dsn)
+def framed(records: list[SinkRecord]) -> tuple[MemorySchemaStore, list[tuple[str, int, bytes]]]:
+    """The records as the producer writes them: (topic, offset, framed Avro value)."""
+    store = MemorySchemaStore()
+    codec = TableCodec(ORDERS, store, db="bench", topic_prefix="bridge")
+    return store, [(r.topic, r.offset, codec.value(r.change)) for r in records]  # type: ignore[arg-type]
+
+
+def run_sink(dsn: str, store: MemorySchemaStore, values: list[tuple[str, int, bytes]], batch: int,
+             expect: dict[int, tuple[Any, ...]], path: str) -> float:
+    """Decode + apply in batches, as the sink does, on `path` (native or python)."""
+    os.environ["BRIDGE_NATIVE"] = "1" if path == "native" else "0"
+    decoder: EnvelopeDecoder = envelope_decoder(store, topic_prefix="bridge")
+    applier = Applier(dsn)  # its table plans (and encoders) follow the switch
     try:
         def go() -> None:
-            for i in range(0, len(records), batch):
-                applier.apply(records[i:i + batch])
+            dec = decoder.decode
+            for i in range(0, len(values), batch):
+                applier.apply([SinkRecord(t, 0, o, dec(v)) for t, o, v in values[i:i + batch]])  # type: ignore[arg-type]
         cpu0 = time.process_time()
         took = timed(go)
-        CPU.append(len(records) / max(time.process_time() - cpu0, 1e-9))
+        CPU.setdefault(path, []).append((time.process_time() - cpu0) / len(values))
     finally:
         applier.close()
+        os.environ.pop("BRIDGE_NATIVE", None)
     # the applied state must be the expected one, or the rate means nothing
     with psycopg.connect(dsn) as c:
         got = c.execute("SELECT count(*), coalesce(sum(id), 0), coalesce(sum(account_id), 0),"
@@ -158,6 +181,27 @@ def run_applier(dsn: str, records: list[SinkRecord], batch: int, expect: dict[in
     want = (len(expect), sum(expect), sum(r[1] for r in expect.values()), sum(r[2] for r in expect.values()))
     assert got == want, f"target state differs: {got} != {want}"
     return took
+
+
+# the direct COPY's wire codes for the orders table (jsonb binary, numeric binary)
+DIRECT_CODES = ["q", "i", "numeric", "text", "text", "ts", "jsonb"]
+
+
+def run_copy_bytes(dsn: str, rows: list[tuple[Any, ...]]) -> float:
+    """Binary COPY of `rows` from bytes in hand: the stream is encoded before the clock starts."""
+    enc = row_encoder(ORDERS.columns, DIRECT_CODES, meta=False)
+    parts: list[bytes] = [SIGNATURE]
+    enc([(0, 0, b"c", 0, r) for r in rows], parts.append)
+    parts.append(TRAILER)
+    stream = b"".join(parts)
+    chunk = 1 << 20
+    with psycopg.connect(dsn) as c:
+        def go() -> None:
+            with c.cursor().copy("COPY public.orders FROM STDIN (FORMAT BINARY)") as cp:
+                for i in range(0, len(stream), chunk):
+                    cp.write(stream[i:i + chunk])
+            c.commit()
+        return timed(go)
 
 
 def run_copy(dsn: str, rows: list[tuple[Any, ...]]) -> float:
@@ -196,6 +240,7 @@ def main() -> None:
     args = ap.parse_args()
     n, batch = args.rows, args.batch
 
+    tune_gc()  # as the sink process does (bridge.cli)
     pg = LocalPostgres().start()
     try:
         dsn = pg.create_database("bench")
@@ -204,22 +249,29 @@ def main() -> None:
         # insert mix
         ins = insert_stream(n)
         ins_rows = [py_row(r.change.after) for r in ins]  # type: ignore[arg-type]
+        ins_value_rows = [r.change.after for r in ins]
+        ins_store, ins_values = framed(ins)
         ins_batches = [ins_rows[i:i + batch] for i in range(0, n, batch)]
-        med: dict[str, list[float]] = {"applier": [], "copy": [], "upsert": []}
+        kinds = ["native", "python", "copy", "copy_bytes", "upsert"]
+        med: dict[str, list[float]] = {k: [] for k in kinds}
         for _ in range(args.repeat):
-            reset(dsn, [])
-            med["applier"].append(n / run_applier(dsn, ins, batch, {r[0]: r for r in ins_rows}))
+            for path in ("native", "python"):
+                reset(dsn, [])
+                med[path].append(n / run_sink(dsn, ins_store, ins_values, batch, {r[0]: r for r in ins_rows}, path))
             reset(dsn, [])
             med["copy"].append(n / run_copy(dsn, ins_rows))
             reset(dsn, [])
+            med["copy_bytes"].append(n / run_copy_bytes(dsn, ins_value_rows))  # type: ignore[arg-type]
+            reset(dsn, [])
             med["upsert"].append(n / run_upsert(dsn, ins_batches))
         results["insert"] = {k: statistics.median(v) for k, v in med.items()}
-        cpu = {"insert": statistics.median(CPU)}
+        cpu = {"insert": {p: statistics.median(v) for p, v in CPU.items()}}
         CPU.clear()
 
         # mixed mix over n existing rows
         preload = [py_row(r.change.after) for r in insert_stream(n, seed=3)]  # type: ignore[arg-type]
         mix = mixed_stream(n, n)
+        mix_store, mix_values = framed(mix)
         full: dict[int, tuple[Any, ...]] = {r[0]: r for r in preload}
         limit_rows: list[tuple[Any, ...]] = []
         for r in mix:
@@ -242,23 +294,34 @@ def main() -> None:
         for i in range(0, n, batch):
             dedup = {row[0]: row for row in limit_rows[i:i + batch]}
             mix_batches.append(list(dedup.values()))
-        med = {"applier": [], "copy": [], "upsert": []}
+        med = {k: [] for k in kinds}
         for _ in range(args.repeat):
-            reset(dsn, preload)
-            med["applier"].append(n / run_applier(dsn, mix, batch, final))
+            for path in ("native", "python"):
+                reset(dsn, preload)
+                med[path].append(n / run_sink(dsn, mix_store, mix_values, batch, final, path))
             reset(dsn, [])
             med["copy"].append(n / run_copy(dsn, ins_rows))  # same row shape, distinct keys
+            reset(dsn, [])
+            med["copy_bytes"].append(n / run_copy_bytes(dsn, ins_value_rows))  # type: ignore[arg-type]
             reset(dsn, preload)
             med["upsert"].append(n / run_upsert(dsn, mix_batches))
         results["mixed"] = {k: statistics.median(v) for k, v in med.items()}
-        cpu["mixed"] = statistics.median(CPU)
+        cpu["mixed"] = {p: statistics.median(v) for p, v in CPU.items()}
 
-        print(f"rows={n} batch={batch} repeat={args.repeat}")
-        print(f"{'mix':<8}{'applier rows/s':>16}{'binary COPY':>14}{'COPY+upsert':>14}{'vs COPY':>10}{'vs upsert':>11}")
+        print(f"rows={n} batch={batch} repeat={args.repeat}  (rows/s; CPU = the sink process's CPU per row: "
+              f"decode + stage + apply, PostgreSQL's own CPU not counted)")
+        print(f"{'mix':<8}{'path':<8}{'sink rows/s':>13}{'CPU/row':>10}{'write_row':>12}{'COPY bytes':>12}"
+              f"{'COPY+upsert':>13}{'vs bytes':>10}{'vs upsert':>11}")
         for mixname, r in results.items():
-            print(f"{mixname:<8}{r['applier']:>16,.0f}{r['copy']:>14,.0f}{r['upsert']:>14,.0f}"
-                  f"{r['applier'] / r['copy']:>10.0%}{r['applier'] / r['upsert']:>11.0%}"
-                  f"   (Python side alone: {cpu[mixname]:,.0f} rows per CPU second)")
+            for path in ("native", "python"):
+                print(f"{mixname:<8}{path:<8}{r[path]:>13,.0f}{cpu[mixname][path] * 1e6:>8.2f}us"
+                      f"{r['copy']:>12,.0f}{r['copy_bytes']:>12,.0f}{r['upsert']:>13,.0f}"
+                      f"{r[path] / r['copy_bytes']:>10.2f}{r[path] / r['upsert']:>11.2f}")
+        # the pyarrow decision (bench/arrow_cost.py) against this run's native sink CPU per row
+        arrow = measure_arrow(n, cpu["insert"]["native"] * 1e6)
+        report_arrow(arrow)
+        print(json.dumps({"results": results, "cpu_us_per_row": {m: {p: v * 1e6 for p, v in c.items()}
+                                                                 for m, c in cpu.items()}, "arrow": arrow}))
     finally:
         pg.destroy()
 

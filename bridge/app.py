@@ -349,15 +349,17 @@ def sink_loop(cfg: Config, applier: Any, tick: Callable[[], None] = lambda: None
     from confluent_kafka import Consumer, Producer
 
     from bridge.ack.channel import AckPublisher
-    from bridge.codec import EnvelopeDecoder
     from bridge.sink.admit import Admission
     from bridge.sink.deadletter import DeadLetters
     from bridge.sink.loop import SinkLoop, SinkSettings, kafka_consumer_config
+    from bridge.sink.native_stage import envelope_decoder, tune_gc
 
     k, s = cfg.kafka, cfg.sink
     extra = client_extra(k)
     side = Producer(side_producer_config(k.bootstrap_servers, extra))
-    decoder = EnvelopeDecoder(schema_store(cfg), topic_prefix=k.topic_prefix)
+    # native sink path (issue 16): the Rust reader unless BRIDGE_NATIVE=0; a GC tuned for batches
+    decoder = envelope_decoder(schema_store(cfg), topic_prefix=k.topic_prefix)
+    tune_gc()
     return SinkLoop(
         consumer=Consumer(kafka_consumer_config(k.bootstrap_servers, s.group_id, extra)), decode=decoder.decode,
         applier=applier, acks=AckPublisher(side, k.topic_prefix, signer(cfg)),

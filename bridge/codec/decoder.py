@@ -5,7 +5,7 @@ Two readers, both built once per schema:
   `EnvelopeDecoder`): records come back as tuples in field order, dates and timestamps as ints,
   uuids as strings, decimals as `Decimal` (a `numeric(p,s)` NaN/Infinity carried in the string
   branch comes back as `Decimal` too). Measured about 2x faster than the fastavro path below on
-  the standard orders envelope, DecodedChange construction included.
+  the standard orders envelope, ChangeEvent construction included.
 - `compile_reader(schema)` + `row_converter(record)`: fastavro's C decoder run with the writer
   schema's logical types stripped except `decimal` (exact: logical types do not change the binary
   encoding), then dicts turned into row tuples. Kept as the tests' oracle and for tools.

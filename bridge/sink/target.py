@@ -23,7 +23,10 @@ import psycopg
 
 from bridge.errors import TargetSchemaError
 from bridge.relation import Column, Relation
-from bridge.sink.stage import Encoder, column_code, is_array, row_encoder, staging_type, wire_for
+
+# native sink path (issue 16): the Rust COPY encoder for decoded rows; BRIDGE_NATIVE=0 = stage.row_encoder
+from bridge.sink.native_stage import row_encoder
+from bridge.sink.stage import Encoder, column_code, is_array, staging_type, wire_for
 from bridge.sink.statements import COLUMNS_SQL, PRIMARY_KEY_SQL, UNIQUE_SQL, run
 from bridge.sink.types import candidates
 

@@ -4,10 +4,12 @@
 use pyo3::prelude::*;
 
 pub mod producer;
+pub mod sink;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<producer::Producer>()?;
+    sink::register(m)?; // the sink path: Avro envelopes -> binary COPY (native/src/sink)
     Ok(())
 }
