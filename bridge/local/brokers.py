@@ -127,7 +127,9 @@ class LocalKafka(LocalBroker):
             "log.flush.interval.messages=9223372036854775807\n"
         )
         (self.root / "log4j2.properties").write_text(_LOG4J2)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # one id in 64 would start with "-": read as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         res = subprocess.run(
             ["java", "-cp", self.classpath, f"-Dlog4j2.configurationFile={self.root / 'log4j2.properties'}",
              "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config)],
