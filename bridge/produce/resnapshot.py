@@ -54,6 +54,7 @@ from bridge.errors import BridgeError, SchemaError, SourceError
 from bridge.events import ChangeEvent, Op, Position
 from bridge.lsn import Lsn
 from bridge.relation import Relation
+from bridge.source.session import close_quietly
 from bridge.source.snapshot import DEFAULT_CHUNK_ROWS, TableReader
 from bridge.source.test_decoding import MessageLine
 
@@ -314,12 +315,8 @@ class Resnapshotter:
         return out
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
-            self._conn = None
+        close_quietly(self._conn)
+        self._conn = None
 
     # -- steps --------------------------------------------------------------------------------
 

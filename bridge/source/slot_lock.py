@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 
 from bridge.errors import SourceError
+from bridge.source.session import close_quietly
 from bridge.source.slot import sql_connect
 
 _LOCK_HOLDER_SQL = """
@@ -64,9 +65,5 @@ class SlotLock:
 
     def release(self) -> None:
         """Drop the lock (closing its connection). Idempotent."""
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
-            self._conn = None
+        close_quietly(self._conn)
+        self._conn = None
