@@ -316,7 +316,7 @@ def wait_slot_active(dsn: str, slot: str, proc: BridgeProcess | None = None, tim
                      capture: str | None = None) -> None:
     """Wait until the producer uses its slot: with `capture: stream`, the slot is active with
     a walsender (`active` and `active_pid`); with `capture: sql`, whose slot is active only during a
-    peek, a session of the slot's database has run `pg_logical_slot_peek_changes`. `capture`
+    peek, a session is peeking, or the producer holds its slot lock (taken at start, for its life). `capture`
     defaults to the one in `proc`'s config, else stream. Fails when `proc` exits."""
     if capture is None:
         capture = json.loads(proc.config.read_text())["source"].get("capture", "stream") if proc else "stream"
@@ -331,10 +331,17 @@ def wait_slot_active(dsn: str, slot: str, proc: BridgeProcess | None = None, tim
                 return False
             if capture != "sql":
                 return bool(row[0]) and row[1] is not None
+            # A peek in progress is seen only while it runs (an idle session shows its last
+            # statement, the ROLLBACK after the peek): so also the producer's slot lock, which a
+            # `capture: sql` producer holds from start to stop (bridge.source.slot_lock).
             peeked = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND pid <> pg_backend_pid() AND query LIKE '%%pg_logical_slot_peek_changes%%'").fetchone()
-            return bool(peeked and peeked[0])
+            locked = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+                "AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%s, 0)",
+                (f"pgbridge.slot.{slot}",)).fetchone()
+            return bool(peeked and peeked[0]) or bool(locked and locked[0])
 
     wait_for(used, timeout, f"slot {slot} in use ({capture} capture)", [proc] if proc else [], interval=0.1,
              last=lambda: f"(active, active_pid) = {state[0] if state else None}")
