@@ -1,5 +1,6 @@
 """What both capture modes share: the `ChangeSource` interface, `WalMessage`, the decoding
-options, and the reconnect pacing and retry rule (see `bridge.source.capture`)."""
+options, the reconnect pacing and retry rule, and `ReconnectingCapture`, the read-and-reconnect
+loop both modes run (see `bridge.source.capture`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Protocol
 from bridge import failures
 from bridge.errors import SourceError
 from bridge.lsn import Lsn
+from bridge.source.slot import validate_slot_name
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +23,6 @@ DECODING_OPTIONS: tuple[tuple[str, str], ...] = (
     ("skip-empty-xacts", "1"),
 )
 """test_decoding options both modes use; the parser relies on xids and commit timestamps."""
-
-
 
 
 @dataclass(slots=True)
@@ -111,3 +111,87 @@ class _ConnectionLost(Exception):
     """Internal: the replication stream ended or its socket failed; reconnect."""
 
 
+
+
+class ReconnectingCapture:
+    """The loop both capture modes run around their connection: `read` reconnects (with
+    backoff) after a lost connection and re-delivers from the last confirmed LSN; `confirmed`
+    is the last LSN given to `confirm`.
+
+    A mode supplies `_connected`, `_connect`, `_drop_connection`, `_read_connected` (raising one
+    of `_LOST` when the connection is gone), and may refine `_check_lost` (raise for a failure a
+    reconnect cannot fix) and `_after_reconnect` (reset what a reconnect re-delivers).
+    """
+
+    _LOST: tuple[type[BaseException], ...] = (_ConnectionLost,)
+
+    def __init__(self, dsn: str, slot: str, reconnect_max_s: float) -> None:
+        self.dsn = dsn
+        self.slot = validate_slot_name(slot)
+        self.reconnects = 0
+        self._confirmed: Lsn | None = None
+        self._backoff = _Backoff(reconnect_max_s)
+
+    # --- what a mode supplies ---------------------------------------------------------------------
+
+    def _connected(self) -> bool:
+        raise NotImplementedError
+
+    def _connect(self) -> None:
+        raise NotImplementedError
+
+    def _drop_connection(self) -> None:
+        raise NotImplementedError
+
+    def _read_connected(self, deadline: float) -> list[WalMessage]:
+        raise NotImplementedError
+
+    def _check_lost(self, exc: BaseException) -> None:
+        """Called with each `_LOST` error of a read: raise when a reconnect cannot fix it."""
+
+    def _after_reconnect(self) -> None:
+        """Called after each successful reconnect, before anything is re-delivered."""
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def read(self, timeout: float) -> list[WalMessage]:
+        """Lines not returned before, or [] after `timeout` seconds.
+
+        After a lost connection, reconnects (backoff) and re-delivers from the last confirmed
+        LSN; `reconnects` is incremented before the first re-delivered line is returned.
+        Raises `SourceError` for failures a reconnect cannot fix.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self._connected() and not self._reconnect(deadline):
+                if time.monotonic() >= deadline:
+                    return []
+                continue
+            try:
+                return self._read_connected(deadline)
+            except self._LOST as exc:
+                self._check_lost(exc)
+                self._connection_lost(exc, "")
+                if time.monotonic() >= deadline:
+                    return []
+
+    def _connection_lost(self, exc: BaseException, doing: str) -> None:
+        """Forget the connection; the next `read` reconnects once the backoff allows."""
+        log.warning("connection for slot %s lost%s: %s", self.slot, doing, exc)
+        self._drop_connection()
+        self._backoff.failed()
+
+    def _reconnect(self, deadline: float) -> bool:
+        """Try to reconnect once the backoff allows, waiting at most until `deadline`."""
+        if not self._backoff.attempt(self._connect, deadline, self.slot):
+            return False
+        self._after_reconnect()
+        self.reconnects += 1
+        log.warning("reconnected to slot %s (reconnect #%d); re-delivering from %s",
+                    self.slot, self.reconnects, self._confirmed or "the slot's confirmed position")
+        return True
+
+    @property
+    def confirmed(self) -> Lsn | None:
+        """The last LSN given to `confirm` (None before the first)."""
+        return self._confirmed

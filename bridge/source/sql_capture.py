@@ -12,16 +12,16 @@ import psycopg
 
 from bridge.errors import SourceError
 from bridge.lsn import ZERO, Lsn
-from bridge.source.capture_base import DECODING_OPTIONS, WalMessage, _Backoff, _retryable
+from bridge.source.capture_base import DECODING_OPTIONS, ReconnectingCapture, WalMessage, _retryable
 from bridge.source.lines import LineKind, line_kind
-from bridge.source.slot import sql_connect, validate_slot_name
+from bridge.source.slot import sql_connect
 
 log = logging.getLogger(__name__)
 
 _BEGIN, _COMMIT = LineKind.BEGIN, LineKind.COMMIT  # globals: cheaper than enum reads, once per line
 
 
-class SqlCapture:
+class SqlCapture(ReconnectingCapture):
     """`pg_logical_slot_peek_changes` in batches, `pg_replication_slot_advance` on confirm.
 
     Each peek re-decodes from the slot's confirmed position, so lines already returned are
@@ -47,18 +47,14 @@ class SqlCapture:
                  guard: Callable[[], None] | None = None) -> None:
         """`guard`, when given, is called before each (re)connect and raises when this process may
         not use the slot (`SlotLock.hold`: another producer holds it)."""
-        self.dsn = dsn
+        super().__init__(dsn, slot, reconnect_max_s)
         self._guard = guard
-        self.slot = validate_slot_name(slot)
         self.batch_changes = batch_changes
         self.max_unconfirmed_lines = max_unconfirmed_lines
         self.fetch_rows = fetch_rows
         self.poll_interval_s = poll_interval_s
-        self.reconnects = 0
         self.peeks = 0
         self.rows_skipped = 0
-        self._backoff = _Backoff(reconnect_max_s)
-        self._confirmed: Lsn | None = None
         self._wal_end = ZERO
         self._peek_wal_end = ZERO
         self._peek_limit = 0
@@ -135,14 +131,18 @@ class SqlCapture:
         self._ctl = self._peek_conn = None
         self._cursor = None
 
-    def _reconnect(self, deadline: float) -> bool:
-        if not self._backoff.attempt(self._connect, deadline, self.slot):
-            return False
+    _LOST = (psycopg.Error,)
+
+    def _connected(self) -> bool:
+        return self._ctl is not None
+
+    def _after_reconnect(self) -> None:
         self._reset_tracking()
-        self.reconnects += 1
-        log.warning("reconnected to slot %s (reconnect #%d); re-delivering from %s",
-                    self.slot, self.reconnects, self._confirmed)
-        return True
+
+    def _check_lost(self, exc: BaseException) -> None:
+        if not _retryable(exc):
+            raise SourceError(f"peek on slot {self.slot!r} failed: {str(exc).strip()}",
+                              slot=self.slot, sqlstate=getattr(exc, "sqlstate", None)) from exc
 
     # --- peeks ----------------------------------------------------------------------------------
 
@@ -197,6 +197,11 @@ class SqlCapture:
         self._skip = self._history_lines
 
     def _read_connected(self, deadline: float) -> list[WalMessage]:
+        """Lines not returned before (`read`), or [] at `deadline` or while the window is full.
+
+        Peeks again once a peek result is exhausted; after an empty peek waits `poll_interval_s`
+        (SQL mode has no socket to wait on). A peek's first fetch runs the decoding and may take
+        longer than the deadline."""
         out: list[WalMessage] = []
         limit = self.fetch_rows
         while True:
@@ -266,33 +271,6 @@ class SqlCapture:
 
     # --- ChangeSource ---------------------------------------------------------------------------
 
-    def read(self, timeout: float) -> list[WalMessage]:
-        """Lines not returned before, or [] after `timeout` seconds (or while the window is full).
-
-        Peeks again once a peek result is exhausted; after an empty peek waits `poll_interval_s`
-        (SQL mode has no socket to wait on). A peek's first fetch runs the decoding and may
-        take longer than `timeout`. After a lost connection, reconnects (backoff) and re-delivers
-        from the last confirmed LSN (`reconnects` incremented first). Raises `SourceError` for
-        errors a reconnect cannot fix.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._ctl is None and not self._reconnect(deadline):
-                if time.monotonic() >= deadline:
-                    return []
-                continue
-            try:
-                return self._read_connected(deadline)
-            except psycopg.Error as exc:
-                if not _retryable(exc):
-                    raise SourceError(f"peek on slot {self.slot!r} failed: {str(exc).strip()}",
-                                      slot=self.slot, sqlstate=exc.sqlstate) from exc
-                log.warning("connection for slot %s lost: %s", self.slot, exc)
-                self._drop_connection()
-                self._backoff.failed()
-                if time.monotonic() >= deadline:
-                    return []
-
     def confirm(self, lsn: Lsn) -> None:
         """Advance the slot to `lsn` with `pg_replication_slot_advance` (clamped by PostgreSQL to
         its flushed WAL). Lower values than the last confirmed are ignored. When the connection
@@ -317,14 +295,7 @@ class SqlCapture:
                 self._confirmed = prev
                 raise SourceError(f"cannot advance slot {self.slot!r} to {lsn}: {str(exc).strip()}",
                                   slot=self.slot, position=str(lsn)) from exc
-            log.warning("connection for slot %s lost while confirming (applied on reconnect): %s",
-                        self.slot, exc)
-            self._drop_connection()
-            self._backoff.failed()
-
-    @property
-    def confirmed(self) -> Lsn | None:
-        return self._confirmed
+            self._connection_lost(exc, " while confirming (applied on reconnect)")
 
     @property
     def unconfirmed_lines(self) -> int:

@@ -13,8 +13,8 @@ from psycopg import pq
 
 from bridge.errors import SourceError
 from bridge.lsn import ZERO, Lsn
-from bridge.source.capture_base import DECODING_OPTIONS, WalMessage, _Backoff, _ConnectionLost
-from bridge.source.slot import quote_slot, replication_connect, slot_active_message, validate_slot_name
+from bridge.source.capture_base import DECODING_OPTIONS, ReconnectingCapture, WalMessage, _ConnectionLost
+from bridge.source.slot import quote_slot, replication_connect, slot_active_message
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ _KEEPALIVE = struct.Struct("!QQB")  # walEnd, sendTime, replyRequested after the
 _STATUS = struct.Struct("!cQQQQB")  # 'r', write, flush, apply, sendTime, replyRequested
 
 
-class StreamCapture:
+class StreamCapture(ReconnectingCapture):
     """`START_REPLICATION … LOGICAL` on a replication connection.
 
     Connects in the constructor (raises `SourceError` if the slot is missing, active elsewhere,
@@ -42,14 +42,10 @@ class StreamCapture:
 
     def __init__(self, dsn: str, slot: str, *, status_interval_s: float = 10.0,
                  reconnect_max_s: float = 30.0, max_batch: int = 10_000) -> None:
-        self.dsn = dsn
-        self.slot = validate_slot_name(slot)
+        super().__init__(dsn, slot, reconnect_max_s)
         self.status_interval_s = status_interval_s
         self.max_batch = max_batch
-        self.reconnects = 0
-        self._confirmed: Lsn | None = None
         self._wal_end = 0  # the server's WAL end from XLogData and keepalives (an int: set per message)
-        self._backoff = _Backoff(reconnect_max_s)
         self._conn: psycopg.Connection[Any] | None = None
         self._pgconn: pq.abc.PGconn | None = None
         self._sel: selectors.DefaultSelector | None = None
@@ -104,14 +100,8 @@ class StreamCapture:
         self._conn = self._pgconn = self._sel = None
         self._held.clear()
 
-    def _reconnect(self, deadline: float) -> bool:
-        """Try to reconnect once the backoff allows, waiting at most until `deadline`."""
-        if not self._backoff.attempt(self._connect, deadline, self.slot):
-            return False
-        self.reconnects += 1
-        log.warning("reconnected to slot %s (reconnect #%d); re-delivering from %s",
-                    self.slot, self.reconnects, self._confirmed or "the slot's confirmed position")
-        return True
+    def _connected(self) -> bool:
+        return self._pgconn is not None
 
     # --- protocol -------------------------------------------------------------------------------
 
@@ -191,28 +181,6 @@ class StreamCapture:
 
     # --- ChangeSource ---------------------------------------------------------------------------
 
-    def read(self, timeout: float) -> list[WalMessage]:
-        """Lines that arrived (at most `max_batch`), or [] after `timeout` seconds.
-
-        After a lost connection, reconnects (backoff) and re-delivers from the last confirmed
-        LSN; `reconnects` is incremented before the first re-delivered line is returned.
-        Raises `SourceError` when reconnecting fails for a reason that will not go away.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._pgconn is None and not self._reconnect(deadline):
-                if time.monotonic() >= deadline:
-                    return []
-                continue
-            try:
-                return self._read_connected(deadline)
-            except _ConnectionLost as exc:
-                log.warning("replication connection for slot %s lost: %s", self.slot, exc)
-                self._drop_connection()
-                self._backoff.failed()
-                if time.monotonic() >= deadline:
-                    return []
-
     def confirm(self, lsn: Lsn) -> None:
         """The slot may advance to `lsn`: sends a status update with write = flush = apply = lsn
         right away (when connected; else on reconnect the stream starts there). Lower values
@@ -223,14 +191,7 @@ class StreamCapture:
         try:
             self._send_status()
         except _ConnectionLost as exc:
-            log.warning("replication connection for slot %s lost while confirming: %s", self.slot, exc)
-            self._drop_connection()
-            self._backoff.failed()
-
-    @property
-    def confirmed(self) -> Lsn | None:
-        """The last LSN given to `confirm` (None before the first)."""
-        return self._confirmed
+            self._connection_lost(exc, " while confirming")
 
     @property
     def server_wal_end(self) -> Lsn:
