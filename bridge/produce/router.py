@@ -119,13 +119,9 @@ class Router:
                 # A primary-key change across partitions: the old key's earlier changes are in
                 # its own partition, so its end must be there too, in order — a delete of the old
                 # key there and a create of the new key here (same position, one per partition).
-                out.append((old_partition, old_key, codec.envelope(before, None, _DELETE, seq, stamp)))
-                if self._tombstones:
-                    out.append((old_partition, old_key, None))
+                out += self._keyed(_DELETE, old_partition, old_key, codec.envelope(before, None, _DELETE, seq, stamp))
                 op, before = _INSERT, None
-        out.append((partition, key, codec.envelope(before, after, op, seq, stamp, event.unchanged)))
-        if op is _DELETE and self._tombstones and key is not None:
-            out.append((partition, key, None))
+        out += self._keyed(op, partition, key, codec.envelope(before, after, op, seq, stamp, event.unchanged))
         return route, out
 
 
@@ -137,10 +133,13 @@ class Router:
         if route is None or route.relation is not relation:
             route = self.route(relation)
         route.captured[op] += 1
-        partition = partition_for(key, route.partitions)
+        return route, self._keyed(op, partition_for(key, route.partitions), key, value)
+
+    def _keyed(self, op: Op, partition: int, key: bytes | None, value: bytes) -> list[Out]:
+        """One change's record, then its key's tombstone after a delete (`tombstones` on)."""
         if op is _DELETE and self._tombstones and key is not None:
-            return route, [(partition, key, value), (partition, key, None)]
-        return route, [(partition, key, value)]
+            return [(partition, key, value), (partition, key, None)]
+        return [(partition, key, value)]
 
 
 __all__ = ["Out", "Route", "Router", "TableCodecLike"]
