@@ -282,13 +282,8 @@ impl EnvelopePlan {
                 "EnvelopePlan built without change_type",
             ));
         };
-        let bytes: Bound<'py, PyBytes> = match value.cast::<PyBytes>() {
-            Ok(b) => b.clone(),
-            Err(_) => PyBytes::new(py, &value.extract::<Vec<u8>>()?),
-        };
-        let data = bytes.as_bytes();
-        let env = avro::envelope(data, offset, &self.cols, &mut PyDecimalCheck(py))
-            .map_err(|e| codec_error(py, &e, data.len()))?;
+        let bytes = as_bytes(py, value)?;
+        let env = self.read(py, &bytes, offset)?;
         let lsn = {
             let mut last = self
                 .last_lsn
@@ -306,25 +301,7 @@ impl EnvelopePlan {
                 }
             }
         };
-        let row = |start: Option<usize>| -> PyResult<Bound<'py, PyAny>> {
-            match start {
-                None => Ok(py.None().into_bound(py)),
-                Some(s) => Ok(Bound::new(
-                    py,
-                    NativeRow {
-                        value: bytes.clone().unbind(),
-                        start: s,
-                        cols: self.cols.clone(),
-                    },
-                )?
-                .into_any()),
-            }
-        };
-        let unchanged = PyTuple::new(py, env.unchanged.iter().map(|s| PyString::new(py, s)))?;
-        let commit_ts = match env.commit_ts {
-            Some(t) => int(py, t)?,
-            None => py.None().into_bound(py),
-        };
+        let [before, after, unchanged, commit_ts] = self.parts(py, &bytes, &env)?;
         let args = PyTuple::new(
             py,
             [
@@ -333,9 +310,9 @@ impl EnvelopePlan {
                 position_class.bind(py).call1((lsn, int(py, env.seq)?))?,
                 int(py, env.xid)?,
                 commit_ts,
-                row(env.before)?,
-                row(env.after)?,
-                unchanged.into_any(),
+                before,
+                after,
+                unchanged,
                 pyo3::types::PyBool::new(py, env.snapshot)
                     .to_owned()
                     .into_any(),
@@ -355,13 +332,62 @@ impl EnvelopePlan {
         value: &Bound<'py, PyAny>,
         offset: usize,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let bytes: Bound<'py, PyBytes> = match value.cast::<PyBytes>() {
-            Ok(b) => b.clone(),
-            Err(_) => PyBytes::new(py, &value.extract::<Vec<u8>>()?),
-        };
+        let bytes = as_bytes(py, value)?;
+        let env = self.read(py, &bytes, offset)?;
+        let [before, after, unchanged, commit_ts] = self.parts(py, &bytes, &env)?;
+        PyTuple::new(
+            py,
+            [
+                env.op.into_pyobject(py)?.into_any(),
+                int(py, env.commit_lsn)?,
+                int(py, env.seq)?,
+                int(py, env.xid)?,
+                commit_ts,
+                pyo3::types::PyBool::new(py, env.snapshot)
+                    .to_owned()
+                    .into_any(),
+                int(py, env.ts_ms)?,
+                unchanged,
+                before,
+                after,
+            ],
+        )
+    }
+
+    fn __len__(&self) -> usize {
+        self.cols.len()
+    }
+}
+
+/// `value` as `bytes`: the object itself, or a copy of another buffer (`bytearray`, `memoryview`).
+fn as_bytes<'py>(py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    match value.cast::<PyBytes>() {
+        Ok(b) => Ok(b.clone()),
+        Err(_) => Ok(PyBytes::new(py, &value.extract::<Vec<u8>>()?)),
+    }
+}
+
+impl EnvelopePlan {
+    /// The envelope at `bytes[offset..]`, validated whole; `CodecError` when it does not decode.
+    fn read<'a>(
+        &self,
+        py: Python<'_>,
+        bytes: &'a Bound<'_, PyBytes>,
+        offset: usize,
+    ) -> PyResult<avro::Envelope<'a>> {
         let data = bytes.as_bytes();
-        let env = avro::envelope(data, offset, &self.cols, &mut PyDecimalCheck(py))
-            .map_err(|e| codec_error(py, &e, data.len()))?;
+        avro::envelope(data, offset, &self.cols, &mut PyDecimalCheck(py))
+            .map_err(|e| codec_error(py, &e, data.len()))
+    }
+
+    /// What `decode` and `change` both return: `[before, after, unchanged, commit_ts]`, the
+    /// rows as `NativeRow`s over the record's bytes (or None).
+    fn parts<'py>(
+        &self,
+        py: Python<'py>,
+        bytes: &Bound<'py, PyBytes>,
+        env: &avro::Envelope<'_>,
+    ) -> PyResult<[Bound<'py, PyAny>; 4]> {
         let row = |start: Option<usize>| -> PyResult<Bound<'py, PyAny>> {
             match start {
                 None => Ok(py.None().into_bound(py)),
@@ -381,27 +407,12 @@ impl EnvelopePlan {
             Some(t) => int(py, t)?,
             None => py.None().into_bound(py),
         };
-        PyTuple::new(
-            py,
-            [
-                env.op.into_pyobject(py)?.into_any(),
-                int(py, env.commit_lsn)?,
-                int(py, env.seq)?,
-                int(py, env.xid)?,
-                commit_ts,
-                pyo3::types::PyBool::new(py, env.snapshot)
-                    .to_owned()
-                    .into_any(),
-                int(py, env.ts_ms)?,
-                unchanged.into_any(),
-                row(env.before)?,
-                row(env.after)?,
-            ],
-        )
-    }
-
-    fn __len__(&self) -> usize {
-        self.cols.len()
+        Ok([
+            row(env.before)?,
+            row(env.after)?,
+            unchanged.into_any(),
+            commit_ts,
+        ])
     }
 }
 
