@@ -10,7 +10,8 @@ Three code spaces answer "will this pass by itself?" and "whose fault is it?":
   SQLSTATE: libpq reports a refused or interrupted connection only as text, so the server is asked
   again with `PQping`, whose answer is a code.
 
-Used by: the sink's target retries (`sink/loop.py`), its reject paths (`sink/apply.py`), the
+Used by: the sink's target retries (`sink/loop.py`), its reject paths (`sink/apply.py`), its DDL
+races with other members (`sink/target.py`, `sink/apply.py`), the
 capture's reconnects (`source/capture.py`), the sink's broker retries, reading partitions
 (`bridge/kafka/reading.py`) and the wait for PostgreSQL at start (`bridge/app.py`). Pure logic;
 unit-tested in `tests/unit/test_failures.py`.
@@ -73,6 +74,18 @@ def rejects_rows(sqlstate: str | None) -> bool:
 def rejects_table(sqlstate: str | None) -> bool:
     """The target refuses the table the statement ran for; retrying cannot help."""
     return sql_verdict(sqlstate) is Verdict.TABLE
+
+
+# What PostgreSQL raises in the second of two sessions that run the same DDL at once (CREATE TABLE
+# or CREATE SCHEMA IF NOT EXISTS, ADD COLUMN, ADD PRIMARY KEY): unique_violation on the catalog
+# (pg_type, pg_namespace), duplicate table/schema/column/object, invalid table definition.
+_LOST_DDL_RACE = frozenset({"23505", "42P07", "42P06", "42701", "42710", "42P16"})
+
+
+def lost_ddl_race(sqlstate: str | None) -> bool:
+    """Another session made the same schema change first: look again at what it made (not a
+    table the target refuses). Only meaningful for the sink's own DDL statements."""
+    return sqlstate in _LOST_DDL_RACE
 
 
 def passes(sqlstate: str | None) -> bool:

@@ -39,7 +39,7 @@ from bridge.sink.positions import PositionCache, PositionTable
 from bridge.sink.records import PartitionKey, SinkRecord
 from bridge.sink.rows import KeylessTableError, RecordRejectedError, TableWriter, position_key, segments
 from bridge.sink.statements import run
-from bridge.sink.target import LOST_RACE, TablePlan, TargetTables
+from bridge.sink.target import TablePlan, TargetTables
 from bridge.sink.truncate import TruncateBarrier
 
 __all__ = ["Applier", "KeylessTableError", "RecordRejectedError", "TableRejectedError"]
@@ -108,7 +108,9 @@ class Applier:
             try:
                 with conn.transaction():
                     self._table.ensure(conn)
-            except LOST_RACE:
+            except psycopg.Error as exc:
+                if not failures.lost_ddl_race(exc.sqlstate):
+                    raise
                 with conn.transaction():
                     self._table.ensure(conn)
             self._ready = True

@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from bridge import failures
 from bridge.errors import TargetSchemaError
 from bridge.relation import Column, Relation
 
@@ -45,12 +46,6 @@ def qi(name: str) -> str:
     """Quote an identifier for a statement executed with parameters (`%` doubled)."""
     return '"' + name.replace('"', '""').replace("%", "%%") + '"'
 
-
-# What PostgreSQL raises in the second of two sessions that run the same CREATE TABLE / CREATE
-# SCHEMA IF NOT EXISTS, ADD COLUMN or ADD PRIMARY KEY at once: 23505 on pg_type/pg_namespace,
-# 42P07, 42P06, 42701, 42710, 42P16.
-LOST_RACE = (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateSchema,
-              psycopg.errors.DuplicateColumn, psycopg.errors.DuplicateObject, psycopg.errors.InvalidTableDefinition)
 
 _PlanKey = tuple[str, str, int, tuple[Column, ...], tuple[str, ...], str]
 
@@ -199,7 +194,9 @@ class TargetTables:
         try:
             with conn.transaction():  # a savepoint, so that a lost race (below) leaves the batch usable
                 target_cols = self._ensure(conn, relation)
-        except LOST_RACE as exc:
+        except psycopg.Error as exc:
+            if not failures.lost_ddl_race(exc.sqlstate):
+                raise
             # Another sink member (it owns other partitions of the topic) ran the same DDL at the
             # same moment and committed first; ours waited for it and then failed. Not a table the
             # target refuses (that would dead-letter the records): look again at what it made.

@@ -154,3 +154,12 @@ def test_connection_failed_is_a_failure_without_sqlstate() -> None:
                                               (409, False), (404, False), (422, False), (401, False)])
 def test_registry_unavailable_by_http_status(status: int | None, away: bool) -> None:
     assert failures.registry_unavailable(status) is away
+
+
+def test_a_lost_ddl_race_is_told_by_its_sqlstate_only() -> None:
+    # The second of two sessions running the same DDL: catalog unique violation, duplicates.
+    for state in ("23505", "42P07", "42P06", "42701", "42710", "42P16"):
+        assert failures.lost_ddl_race(state), state
+    # A refused type, a missing privilege or a connection failure is not a lost race.
+    for state in ("42804", "42501", "08006", "23502", None, ""):
+        assert not failures.lost_ddl_race(state), state
