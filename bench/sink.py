@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.arrow_cost import measure as measure_arrow
 from bench.arrow_cost import report as report_arrow
+from bench.workload import orders_relation
 from bridge.codec import EnvelopeDecoder, MemorySchemaStore, TableCodec
 from bridge.events import ChangeEvent, Op, Position
 from bridge.local.postgres import LocalPostgres
 from bridge.lsn import Lsn
-from bridge.relation import Column, Relation
 from bridge.sink.apply import Applier
 from bridge.sink.native_stage import envelope_decoder, tune_gc
 from bridge.sink.records import SinkRecord
@@ -56,15 +56,7 @@ UPSERT = ("INSERT INTO public.orders SELECT * FROM stg ON CONFLICT (id) DO UPDAT
           " created_at = EXCLUDED.created_at, payload = EXCLUDED.payload")
 TYPES = ["int8", "int4", "numeric", "text", "text", "timestamptz", "jsonb"]
 
-ORDERS = Relation("public", "orders", (
-    Column("id", "bigint", "int8", not_null=True),
-    Column("account_id", "integer", "int4", not_null=True),
-    Column("amount", "numeric(12,2)", "numeric", not_null=True, precision=12, scale=2),
-    Column("status", "text", "text", not_null=True),
-    Column("note", "text", "text"),
-    Column("created_at", "timestamp with time zone", "timestamptz", not_null=True),
-    Column("payload", "jsonb", "jsonb"),
-), primary_key=("id",))
+ORDERS = orders_relation()
 
 STATUSES = ["pending-payment", "shipped-to-customer", "awaiting-stock", "cancelled-by-user", "delivered"]
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

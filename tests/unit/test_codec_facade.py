@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.workload import orders_relation
 from bridge.codec import EnvelopeDecoder, MemorySchemaStore, RegistrySchemaStore, SchemaStore, TableCodec
 from bridge.codec.validate import relation_from_schema
 from bridge.errors import CodecError
@@ -16,15 +17,7 @@ from bridge.events import ChangeEvent, Op, Position
 from bridge.lsn import Lsn
 from bridge.relation import Column, Relation
 
-ORDERS = Relation("public", "orders", (
-    Column("id", "bigint", "int8", not_null=True),
-    Column("account_id", "integer", "int4", not_null=True),
-    Column("amount", "numeric(12,2)", "numeric", not_null=True, precision=12, scale=2),
-    Column("status", "text", "text", not_null=True),
-    Column("note", "text", "text"),
-    Column("created_at", "timestamp with time zone", "timestamptz", not_null=True),
-    Column("payload", "jsonb", "jsonb"),
-), ("id",), replica_identity="f", version=3)
+ORDERS = orders_relation(replica_identity="f", version=3)
 
 ROW = (42, 7, Decimal("123.45"), "paid", None, 1_763_000_000_123_456, '{"a": 1}')
 ROW2 = (42, 7, Decimal("NaN"), "refunded", "note", 9223372036854775807, None)

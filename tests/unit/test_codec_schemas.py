@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench.workload import orders_relation
 from bridge.codec import framing
 from bridge.codec.schemas import key_schema, row_record, value_schema
 from bridge.codec.store import published_form
@@ -18,15 +19,7 @@ from bridge.relation import Column, Relation
 
 REPO = Path(__file__).resolve().parents[2]
 
-ORDERS = Relation("public", "orders", (
-    Column("id", "bigint", "int8", not_null=True),
-    Column("account_id", "integer", "int4", not_null=True),
-    Column("amount", "numeric(12,2)", "numeric", not_null=True, precision=12, scale=2),
-    Column("status", "text", "text", not_null=True),
-    Column("note", "text", "text"),
-    Column("created_at", "timestamp with time zone", "timestamptz", not_null=True),
-    Column("payload", "jsonb", "jsonb"),
-), ("id",), oid=16384)
+ORDERS = orders_relation(oid=16384)
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
