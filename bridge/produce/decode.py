@@ -32,9 +32,10 @@ from bridge.source.lines import ChangeLine, MessageLine, TruncateLine
 from bridge.source.test_decoding import parse_line
 from bridge.source.transactions import Transaction
 
-Encoded = tuple[Relation, Op, "bytes | None", bytes, int]
+Encoded = tuple[Relation, Op, "bytes | None", bytes, int, int]
 """A change the native core encoded whole: (relation version, op, framed key or None, framed
-envelope, seq). Never a key change (the core leaves those to the reference path)."""
+envelope, seq, key hash — the CRC-32 of the key's Avro body, the partition before the modulo).
+Never a key change (the core leaves those to the reference path)."""
 
 
 class ChangeDecoderLike(Protocol):
@@ -55,7 +56,7 @@ class Decoder:
         self._relation_of = relation_of
         self._include = include
         # the native core's whole-change encoder, when the change decoder has one
-        self._encode: Callable[[str, int, Any], tuple[Relation, Op, bytes | None, bytes] | None] | None = \
+        self._encode: Callable[[str, int, Any], Encoded | None] | None = \
             getattr(changes, "encode", None)
         self._line: ChangeLine | None = None  # the change line of the event last yielded
         self.positions = 0  # after `events` is exhausted: the seqs its transaction used
@@ -77,7 +78,7 @@ class Decoder:
                     if done is not None:
                         if include(done[0].schema, done[0].table):
                             native += 1
-                            yield (*done, seq)
+                            yield done
                         seq += 1
                         continue
                 parsed = parse_line(line)

@@ -290,8 +290,8 @@ class ChangeProducer:
         with closing(self.decoder.events(txn, stamp)) as events:
             for event in events:
                 if type(event) is tuple:
-                    relation, op, key, value, seq = event
-                    route, records = router.encoded(relation, op, key, value)
+                    relation, op, key, value, seq, key_hash = event
+                    route, records = router.encoded(relation, op, key, value, key_hash)
                     emitter.emit(batch, route, records, seq)
                 elif type(event) is ChangeEvent:
                     if resnap is not None:

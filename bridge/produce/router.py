@@ -125,15 +125,17 @@ class Router:
         return route, out
 
 
-    def encoded(self, relation: Relation, op: Op, key: bytes | None, value: bytes) -> tuple[Route, list[Out]]:
+    def encoded(self, relation: Relation, op: Op, key: bytes | None, value: bytes,
+                key_hash: int) -> tuple[Route, list[Out]]:
         """The records of a change the native core encoded whole (`produce.decode.Encoded`: an
-        INSERT, an UPDATE that keeps its key, or a DELETE): its partition, and the tombstone
-        after a delete."""
+        INSERT, an UPDATE that keeps its key, or a DELETE): its partition (`key_hash`, the
+        core's `partition_for` before the modulo), and the tombstone after a delete."""
         route = self._routes.get(id(relation))
         if route is None or route.relation is not relation:
             route = self.route(relation)
         route.captured[op] += 1
-        return route, self._keyed(op, partition_for(key, route.partitions), key, value)
+        n = route.partitions
+        return route, self._keyed(op, 0 if key is None or n == 1 else key_hash % n, key, value)
 
     def _keyed(self, op: Op, partition: int, key: bytes | None, value: bytes) -> list[Out]:
         """One change's record, then its key's tombstone after a delete (`tombstones` on)."""

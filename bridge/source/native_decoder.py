@@ -52,8 +52,10 @@ _OPS: tuple[Op, ...] = (Op.INSERT, Op.UPDATE, Op.DELETE)
 MISSES = ("", "not_change", "parse", "no_plan", "mismatch", "modifier", "value", "form")
 """Names of the core's miss codes (native/src/producer/convert.rs `Miss`), for counters."""
 
-NativeChange = tuple[Relation, Op, bytes | None, bytes]
-"""(relation, op, framed key or None, framed envelope) of one natively encoded change."""
+NativeChange = tuple[Relation, Op, bytes | None, bytes, int, int]
+"""(relation, op, framed key or None, framed envelope, seq, key hash) of one natively encoded
+change; the key hash is `zlib.crc32` of the key's Avro body (0 without a key), the partition
+before the modulo (`bridge.produce.topics.partition_for`)."""
 
 # Avro type of a row field (inside ["null", T]) → the core's conv, and the Python raw converter
 # it must agree with (both are checked when a plan is built: a mapping that drifts from
@@ -138,8 +140,7 @@ class NativeChangeDecoder(ChangeDecoder):
     def __init__(self, catalog: Catalog, codec_for: Callable[[Relation], Any]) -> None:
         super().__init__(catalog)
         self._codec_for = codec_for
-        self._core = module().Producer()
-        self._relations: dict[int, Relation] = {}  # plan id -> relation version
+        self._core = module().Producer(_OPS)
         self._planned: dict[tuple[str, str], RowDecoder] = {}  # table -> row decoder last considered
         self._stamp: object = None
         self._lsn = b""
@@ -164,9 +165,8 @@ class NativeChangeDecoder(ChangeDecoder):
         if r.__class__ is int:
             self.misses[MISSES[r]] += 1
             return None
-        pid, op, key, value = r
         self.encoded += 1
-        return self._relations[pid], _OPS[op], key, value
+        return r  # type: ignore[no-any-return]
 
     # -- following the reference ---------------------------------------------------------------
     def decode(self, change: ChangeLine) -> tuple[Relation, Op, Row | None, Row | None, tuple[str, ...]]:
@@ -218,8 +218,7 @@ class NativeChangeDecoder(ChangeDecoder):
         if spec is None:
             self._core.remove(*key)
             return
-        pid = self._core.install(*spec)
-        self._relations[pid] = relation
+        pid = self._core.install(relation, *spec)
         log.info("native core: plan %s for %s version %s", pid, relation.qualified, relation.version)
 
     def _spec(self, relation: Relation, printed: list[str]) -> tuple[Any, ...] | None:

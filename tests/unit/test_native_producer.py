@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import string
+import zlib
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -25,6 +26,8 @@ from hypothesis import strategies as st
 from bridge import native
 from bridge.codec import MemorySchemaStore, Stamp, TableCodec
 from bridge.errors import SchemaError
+from bridge.events import Op
+from bridge.produce.topics import key_body, partition_for
 from bridge.relation import Column, Relation
 from bridge.source.decoder import ChangeDecoder
 from bridge.source.native_decoder import NativeChangeDecoder
@@ -265,7 +268,11 @@ class Harness:
         if self.native is not None:
             done = self.native.encode(line, seq, STAMP)
             if done is not None:
-                _, op, key, value = done
+                _, op, key, value, at, key_hash = done
+                assert at == seq
+                # the partition hash the core returns is the producer's own (partition_for)
+                assert key_hash == (zlib.crc32(key_body(key)) if key is not None else 0)
+                assert partition_for(key, 7) == (key_hash % 7 if key is not None else 0)
                 return ("ok", str(op), key, value)
         try:
             parsed = parse_line(line)
@@ -386,7 +393,7 @@ def test_modifier_overflow_raises_the_reference_error() -> None:
 
 
 def test_parse_errors_keep_line_and_offset() -> None:
-    core = native.module().Producer()
+    core = native.module().Producer((Op.INSERT, Op.UPDATE, Op.DELETE))
     assert core.check("table public.t: INSERT: a[text]:'x'") is None
     assert core.check("table public.t: INSERT: a[text]:'open") == (23, "expected ` name[type]:value` or the end "
                                                                          "of the line")
@@ -404,7 +411,7 @@ def test_the_stamp_and_the_key_come_from_the_transaction_and_the_row() -> None:
     assert h.native is not None
     done = h.native.encode(first.replace(":1 ", ":300 "), 7, STAMP)
     assert done is not None
-    relation, op, key, value = done
+    relation, op, key, value, _seq, _hash = done
     codec = h.codec_for(relation)
     ts = int((dt.datetime(2026, 11, 23, 23, 10, 21, 123456, tzinfo=dt.UTC)
               - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).total_seconds()) * 1_000_000 + 123456

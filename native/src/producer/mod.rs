@@ -9,6 +9,7 @@
 
 pub mod array;
 pub mod convert;
+pub mod crc;
 pub mod parse;
 pub mod plan;
 
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyString, PyTuple};
 
 use convert::Miss;
 use parse::{unquote_into, Parsed, RawCol};
@@ -102,10 +103,11 @@ impl Core {
         }
     }
 
-    pub fn has_key(&self, id: usize) -> bool {
+    /// The length of plan `id`'s key framing, None when its table has no key.
+    pub fn key_prefix_len(&self, id: usize) -> Option<usize> {
         self.plans[id]
             .as_ref()
-            .is_some_and(|p| p.key_prefix.is_some())
+            .and_then(|p| p.key_prefix.as_ref().map(Vec::len))
     }
 }
 
@@ -117,23 +119,37 @@ type ColumnSpec = (String, String, String, i64, i64, i64, u32, String);
 #[pyclass(module = "bridge._native")]
 pub struct Producer {
     core: Core,
+    /// The relation object of each plan id, returned with its changes.
+    relations: Vec<Option<Py<PyAny>>>,
+    /// The op objects by op index (insert, update, delete), returned with each change.
+    ops: Py<PyTuple>,
 }
 
 #[pymethods]
 impl Producer {
+    /// `ops`: the three objects `encode` returns for an insert, an update and a delete.
     #[new]
-    fn new() -> Self {
-        Producer {
-            core: Core::default(),
+    fn new(ops: Bound<'_, PyTuple>) -> PyResult<Self> {
+        if ops.len() != 3 {
+            return Err(PyValueError::new_err(
+                "ops: three objects (insert, update, delete)",
+            ));
         }
+        Ok(Producer {
+            core: Core::default(),
+            relations: Vec::new(),
+            ops: ops.unbind(),
+        })
     }
 
     /// Install the plan of one relation version (replacing the table's previous one); returns
-    /// its id. Raises ValueError for an unknown conv name or a key column out of range.
+    /// its id. `relation` is the object `encode` returns with the table's changes. Raises
+    /// ValueError for an unknown conv name or a key column out of range.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (schema, table, columns, pk, key_exact, key_prefix, value_prefix, src_names))]
+    #[pyo3(signature = (relation, schema, table, columns, pk, key_exact, key_prefix, value_prefix, src_names))]
     fn install(
         &mut self,
+        relation: Py<PyAny>,
         schema: &str,
         table: &str,
         columns: Vec<ColumnSpec>,
@@ -179,7 +195,10 @@ impl Producer {
             value_prefix,
             src_names,
         };
-        Ok(self.core.install(schema, table, plan))
+        let id = self.core.install(schema, table, plan);
+        self.relations.resize_with(id, || None);
+        self.relations.push(Some(relation));
+        Ok(id)
     }
 
     /// Forget the plan of a table (its relation changed).
@@ -187,10 +206,17 @@ impl Producer {
         self.core.remove(schema, table);
     }
 
+    /// How many plans were installed (ids run from 0; replaced plans keep theirs).
+    fn __len__(&self) -> usize {
+        self.relations.len()
+    }
+
     /// Encode one test_decoding line at position `seq` of the transaction whose `source`
-    /// bytes are `lsn` (commit_lsn, an Avro long) and `tail` (xid … ts_ms). Returns
-    /// `(plan id, op index, key bytes | None, envelope bytes)`, or an int miss code (see
-    /// `convert::Miss`) when the Python reference path must take the line.
+    /// bytes are `lsn` (commit_lsn, an Avro long) and `tail` (xid … ts_ms). Returns what the
+    /// producer routes and sends, `(relation, op, key bytes | None, envelope bytes, seq, key
+    /// hash)` — the key hash is the CRC-32 of the key's Avro body (0 without a key), the
+    /// partition before the modulo — or an int miss code (see `convert::Miss`) when the Python
+    /// reference path must take the line.
     fn encode<'py>(
         &mut self,
         py: Python<'py>,
@@ -206,13 +232,21 @@ impl Producer {
         match self.core.encode(text.as_bytes(), seq, lsn, tail) {
             Encoded::Miss(m) => Ok((m as u8).into_pyobject(py)?.into_any()),
             Encoded::Done(id, op) => {
-                let key = if self.core.has_key(id) {
-                    Some(PyBytes::new(py, &self.core.key))
-                } else {
-                    None
+                let (key, hash) = match self.core.key_prefix_len(id) {
+                    Some(n) => (
+                        Some(PyBytes::new(py, &self.core.key)),
+                        crc::crc32(&self.core.key[n..]),
+                    ),
+                    None => (None, 0),
                 };
+                let Some(Some(relation)) = self.relations.get(id) else {
+                    return Err(PyValueError::new_err("plan without its relation"));
+                };
+                let op = self.ops.bind(py).get_item(usize::from(op))?;
                 let val = PyBytes::new(py, &self.core.val);
-                Ok((id, op, key, val).into_pyobject(py)?.into_any())
+                Ok((relation.clone_ref(py), op, key, val, seq, hash)
+                    .into_pyobject(py)?
+                    .into_any())
             }
         }
     }
