@@ -180,6 +180,7 @@ class ChangeDecoder:
         """`(relation, op, before, after, unchanged)` for one change line (see `event`)."""
         dec = self._row_decoder(change)
         op, before, after, unchanged = dec.decode(change)
+        self._decoded(dec, change)
         return dec.relation, op, before, after, unchanged
 
     def event(self, change: ChangeLine, position: Position, xid: int, commit_ts_us: int | None) -> ChangeEvent:
@@ -196,6 +197,7 @@ class ChangeDecoder:
         if dec is None or not dec.matches(change):
             dec = self._follow(change, dec)
         op, before, after, unchanged = dec.decode(change)
+        self._decoded(dec, change)
         return ChangeEvent(relation=dec.relation, op=op, position=position, xid=xid, commit_ts_us=commit_ts_us,
                            before=before, after=after, unchanged=unchanged)
 
@@ -227,7 +229,12 @@ class ChangeDecoder:
             dec = RowDecoder(self._catalog.relation_from_line(schema, table, tup.names, tup.types))
         self._decoders[(schema, table)] = dec
         op, before, after, unchanged = dec.decode(change)
+        self._decoded(dec, change)
         return dec.relation, op, before, after, unchanged
+
+    def _decoded(self, dec: RowDecoder, change: ChangeLine) -> None:
+        """Called after `dec`, the table's row decoder now, decoded `change` (by `decode`,
+        `event` or `redecode`). Nothing here; the native decoder learns its plans in it."""
 
     def reevent(self, change: ChangeLine, event: ChangeEvent, *, from_line: bool = False) -> ChangeEvent:
         """`event` (of `change`) decoded again as `redecode` does: same position, xid and time."""

@@ -11,8 +11,8 @@ answers exactly as it does without the native core:
 - lines other than INSERT/UPDATE/DELETE (BEGIN, COMMIT, TRUNCATE, messages), and lines that do
   not parse (the reference raises the `DecodeError` with line and offset);
 - a table without a plan yet: a plan is installed after the reference decoded a change of the
-  relation version (`decode`/`redecode`), from the relation, the printed types of that change,
-  and the codec's framing and schemas;
+  relation version (the `ChangeDecoder._decoded` hook), from the relation, the printed types of
+  that change, and the codec's framing and schemas;
 - a line whose columns, printed types or key columns differ from the plan's (DDL: the reference
   follows it through the catalog and a new plan is installed);
 - a value over `varchar(n)` or `numeric(p,s)` (the reference raises `ModifierError` and the
@@ -37,7 +37,7 @@ from typing import Any
 from bridge.codec.codec import _write_long, _write_source_tail, _write_string
 from bridge.codec.schemas import row_record
 from bridge.errors import BridgeError
-from bridge.events import ChangeEvent, Op, Position, Row
+from bridge.events import Op
 from bridge.native import module
 from bridge.relation import Column, Relation
 from bridge.source import converters
@@ -169,21 +169,8 @@ class NativeChangeDecoder(ChangeDecoder):
         return r  # type: ignore[no-any-return]
 
     # -- following the reference ---------------------------------------------------------------
-    def decode(self, change: ChangeLine) -> tuple[Relation, Op, Row | None, Row | None, tuple[str, ...]]:
-        out = super().decode(change)
-        self._learn(out[0], change)
-        return out
-
-    def event(self, change: ChangeLine, position: Position, xid: int, commit_ts_us: int | None) -> ChangeEvent:
-        ev = super().event(change, position, xid, commit_ts_us)
-        self._learn(ev.relation, change)
-        return ev
-
-    def redecode(self, change: ChangeLine, *, from_line: bool = False
-                 ) -> tuple[Relation, Op, Row | None, Row | None, tuple[str, ...]]:
-        out = super().redecode(change, from_line=from_line)
-        self._learn(out[0], change)
-        return out
+    def _decoded(self, dec: RowDecoder, change: ChangeLine) -> None:
+        self._learn(dec)
 
     def reload(self, schema: str, table: str) -> None:
         self._drop(schema, table)
@@ -197,16 +184,16 @@ class NativeChangeDecoder(ChangeDecoder):
         self._core.remove(schema, table)
         self._planned.pop((schema, table), None)
 
-    def _learn(self, relation: Relation, change: ChangeLine) -> None:
-        """After the reference decoded `change` with `relation`: make the table's current row
-        decoder (relation version and the printed types it learnt) the table's plan, once per
-        row decoder; one the core does not cover removes the plan."""
+    def _learn(self, dec: RowDecoder) -> None:
+        """After the reference decoded a change with `dec`, the table's row decoder: make it
+        (relation version and the printed types it learnt) the table's plan, once per row
+        decoder; one the core does not cover removes the plan."""
+        relation = dec.relation
         key = (relation.schema, relation.table)
-        dec = self._decoders.get(key)
-        if dec is None or self._planned.get(key) is dec:
+        if self._planned.get(key) is dec:
             return
         printed = dec._type_list if dec._types is not None else None
-        if printed is None or dec.relation is not relation:
+        if printed is None:
             self._drop(*key)  # the printed types are learnt from a full new tuple: later
             return
         self._planned[key] = dec
