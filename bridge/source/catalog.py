@@ -70,7 +70,12 @@ _TYPES_SQL = (
 WITH RECURSIVE input AS (
   SELECT u.ord::int AS ord, u.name, u.type_name,
          coalesce(pg_catalog.to_regtype(u.type_name)::oid, 0::oid) AS type_oid,
-         -1 AS typmod, 0 AS ndims, false AS not_null, NULL::text AS missing
+         -1 AS typmod, 0 AS ndims, false AS not_null,
+         -- a column the table still has, with the same type, keeps what older rows read
+         (SELECT CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END
+            FROM pg_catalog.pg_attribute a
+           WHERE a.attrelid = %(oid)s AND a.attname = u.name AND a.attnum > 0 AND NOT a.attisdropped
+             AND a.atttypid = pg_catalog.to_regtype(u.type_name)) AS missing
     FROM unnest(%(names)s::text[], %(types)s::text[]) WITH ORDINALITY AS u(name, type_name, ord)
 )"""
     + _RESOLVE
@@ -194,11 +199,13 @@ class Catalog:
         catalog version matches the line. Types are resolved with `to_regtype` (no modifiers are
         known: numeric stays unconstrained, so its values are strings); a type that no longer
         exists is carried as text. Primary key and replica identity are kept from the cached
-        relation where their columns still exist. The result becomes the cached relation with the
+        relation where their columns still exist, and so is what rows older than an `ADD COLUMN …
+        DEFAULT` read (`Column.missing`) for a column the table still has with the same type (a
+        table rewrite since has made it a stored value, which no catalog tells any more). The result becomes the cached relation with the
         next version. Raises SourceError when the query fails.
         """
         old = self._cache.get((schema, table))
-        rows = self._fetch(_TYPES_SQL, {"names": names, "types": types})
+        rows = self._fetch(_TYPES_SQL, {"names": names, "types": types, "oid": old.oid if old else 0})
         columns = tuple(_column(r) for r in rows)
         present = set(names)
         rel = Relation(

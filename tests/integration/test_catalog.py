@@ -238,3 +238,22 @@ def test_missing_values_of_columns_added_with_a_default(conn: psycopg.Connection
     for col in rel.columns[1:4]:  # the text reads back as the value older rows have
         got = conn.execute(f"SELECT {col.name} = %s::{col.type_name} FROM m WHERE id = 1", (col.missing,)).fetchone()
         assert got == (True,), col
+
+
+def test_a_relation_from_the_line_keeps_what_older_rows_read(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """ADD COLUMN … DEFAULT, then another DDL before the producer reads the catalog: the catalog
+    is ahead of the change, the relation is built from the line, and the added column must still
+    say what rows older than it read (else the sink's target column gets no default, and those
+    rows read NULL there)."""
+    conn.execute("CREATE TABLE m (id int PRIMARY KEY)")
+    conn.execute("INSERT INTO m VALUES (1)")
+    cat = Catalog(conn)
+    assert cat.relation("public", "m").column_names == ("id",)
+    conn.execute("ALTER TABLE m ADD COLUMN flag integer NOT NULL DEFAULT 7")
+    conn.execute("ALTER TABLE m ADD COLUMN later text")  # the catalog moves past the next change
+    rel = cat.relation_from_line("public", "m", ["id", "flag"], ["integer", "integer"])
+    assert rel.column_names == ("id", "flag")
+    assert [c.missing for c in rel.columns] == [None, "7"]
+    # a column of the same name but another type than the table's has no missing value of its own
+    other = cat.relation_from_line("public", "m", ["id", "flag"], ["integer", "text"])
+    assert [c.missing for c in other.columns] == [None, None]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import signal
 import threading
 import time
 import urllib.request
@@ -201,12 +202,15 @@ class Writer:
             self.error = exc
 
 
-def run_ddl_mid_stream(broker: Broker, source_dsn: str, target_dsn: str, tmp_path: Path, ddls: list[str],
-                       after: list[str], types: dict[str, str], converge_s: float = 60.0,
-                       sink_late: bool = False) -> None:
+def run_ddl_mid_stream(broker: Broker, source_dsn: str, target_dsn: str, tmp_path: Path,
+                       ddls: list[str | tuple[str, ...]], after: list[str], types: dict[str, str],
+                       converge_s: float = 60.0, sink_late: bool = False) -> None:
     """Changes flow into `public.d` while `ddls` run on the source, then `after`; the target must
     equal the source on every column and have the source's column `types`. `sink_late`: the sink
-    starts only once everything is written, so its first batches span every table version."""
+    starts only once everything is written, so its first batches span every table version. A
+    tuple in `ddls` runs its statements one after the other, 0.3 s apart (the writer commits in
+    between), while the producer is stopped (SIGSTOP): it decodes those changes only once the
+    catalog is past all of them."""
     with psycopg.connect(source_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE public.d (id int PRIMARY KEY, n integer, s varchar(10))")
     cfg = write_config(tmp_path, source_dsn=source_dsn, target_dsn=target_dsn, bootstrap=broker.bootstrap)
@@ -239,9 +243,19 @@ def run_ddl_mid_stream(broker: Broker, source_dsn: str, target_dsn: str, tmp_pat
             thread.start()
             for sql in ddls:
                 changes_flow(f"before {sql}")
-                with psycopg.connect(source_dsn, autocommit=True) as conn:
-                    conn.execute("SET lock_timeout = '10s'")
-                    conn.execute(sql)
+                ahead = isinstance(sql, tuple)
+                if ahead:
+                    assert producer.proc is not None
+                    producer.proc.send_signal(signal.SIGSTOP)
+                try:
+                    with psycopg.connect(source_dsn, autocommit=True) as conn:
+                        conn.execute("SET lock_timeout = '10s'")
+                        for stmt in sql if isinstance(sql, tuple) else (sql,):
+                            conn.execute(stmt)
+                            time.sleep(0.3 if ahead else 0)
+                finally:
+                    if ahead and producer.proc is not None:
+                        producer.proc.send_signal(signal.SIGCONT)
             changes_flow("after the DDL")
             with psycopg.connect(source_dsn, autocommit=True) as conn:
                 for sql in after:
@@ -301,6 +315,20 @@ def test_ddl_mid_stream_add_column_with_default(broker: Broker, source_dsn: str,
               "ALTER TABLE public.d ADD COLUMN tag text DEFAULT 'it''s 100%', ADD COLUMN at timestamptz DEFAULT now()"],
         after=["INSERT INTO public.d (id, n, s, flag) VALUES (-1, 1, 'z', 1)"],
         types={"flag": "integer", "tag": "text", "at": "timestamp with time zone"}, converge_s=20)
+
+
+@pytest.mark.parametrize("broker", TANSU, indirect=True)
+def test_ddl_mid_stream_add_column_with_default_while_the_catalog_is_ahead(
+        broker: Broker, source_dsn: str, target_dsn: str, tmp_path: Path) -> None:
+    """ADD COLUMN … DEFAULT, changes, then another DDL, all before the producer decodes them: it
+    builds the relation from the change lines (the catalog is ahead), and must still give the
+    target column the default that rows older than the ALTER read in the source."""
+    run_ddl_mid_stream(
+        broker, source_dsn, target_dsn, tmp_path,
+        ddls=[("ALTER TABLE public.d ADD COLUMN flag integer NOT NULL DEFAULT 7",
+               "ALTER TABLE public.d ADD COLUMN later text")],
+        after=["INSERT INTO public.d (id, n, s, flag, later) VALUES (-1, 1, 'z', 1, 'x')"],
+        types={"flag": "integer", "later": "text"}, converge_s=30)
 
 
 @pytest.mark.parametrize("broker", TANSU, indirect=True)
