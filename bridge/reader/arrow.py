@@ -138,50 +138,37 @@ class ArrowPlan:
 
 @dataclass(slots=True)
 class BatchBuilder:
-    """The rows of one batch (one writer schema), appended record by record, turned into a
+    """The changes of one batch (one writer schema), appended record by record, turned into a
     `RecordBatch` by `finish`. Not thread-safe; one per reader."""
 
     plan: ArrowPlan
-    rows: list[Sequence[Any] | None] = field(default_factory=list)
-    ops: list[str] = field(default_factory=list)
-    lsns: list[int] = field(default_factory=list)
-    seqs: list[int] = field(default_factory=list)
-    xids: list[int] = field(default_factory=list)
-    commit_ts: list[int | None] = field(default_factory=list)
-    snapshots: list[bool] = field(default_factory=list)
-    unchanged: list[list[str] | None] = field(default_factory=list)
+    changes: list[ChangeEvent] = field(default_factory=list)
     partitions: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     size: int = 0  # record bytes appended
 
     def __len__(self) -> int:
-        return len(self.ops)
+        return len(self.changes)
 
     def append(self, change: ChangeEvent, partition: int, offset: int, size: int) -> None:
-        """Append one decoded change (the reader's per-record path): `after` for c/u/r, `before`
-        for d (the old row, or its key columns only, as the table's replica identity gives it),
-        no row for t (its columns are null)."""
-        op = change.op
-        self.rows.append(change.before if op == Op.DELETE else change.after)
-        self.ops.append(op.value)
-        pos = change.position
-        self.lsns.append(pos.commit_lsn.value)
-        self.seqs.append(pos.seq)
-        self.xids.append(change.xid)
-        self.commit_ts.append(change.commit_ts_us)
-        self.snapshots.append(change.snapshot)
-        self.unchanged.append(list(change.unchanged) if change.unchanged else None)
+        """Append one decoded change (the reader's per-record path: the control values are read
+        column by column in `finish`, which costs less than per record here)."""
+        self.changes.append(change)
         self.partitions.append(partition)
         self.offsets.append(offset)
         self.size += size
 
     def finish(self, topic: str) -> pa.RecordBatch:
-        """The batch of the rows appended. Raises `ReaderError` naming the partition, offset and
+        """The batch of the changes appended. The row image is `after` for c/u/r, `before` for d
+        (the old row, or only its key columns, as the table's replica identity gives it), none
+        for t (its columns are null). Raises `ReaderError` naming the partition, offset and
         column of a value Arrow cannot hold (a NaN in a `decimal128` column: read with
         `decimals="string"`)."""
-        width = len(self.plan.columns)
+        changes, width = self.changes, len(self.plan.columns)
         empty = (None,) * width
-        rows = [empty if r is None else r for r in self.rows]
+        # a native row (`NativeRow`) gives its values in one call; the reference gives tuples
+        rows = [empty if r is None else r if type(r) is tuple else r.to_tuple()  # type: ignore[attr-defined]
+                for r in (c.before if c.op is Op.DELETE else c.after for c in changes)]
         by_column = list(zip(*rows, strict=True)) if rows else [() for _ in range(width)]
         arrays = []
         for i, (values, conv) in enumerate(zip(by_column, self.plan.convert, strict=True)):
@@ -190,10 +177,14 @@ class BatchBuilder:
                 arrays.append(pa.array(values if conv is None else [conv(v) for v in values], type=t))
             except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
                 raise self._value_error(topic, i, values, exc) from exc
+        positions = [c.position for c in changes]
         arrays += [
-            pa.array(self.ops, pa.string()), pa.array(self.lsns, pa.uint64()), pa.array(self.seqs, pa.int64()),
-            pa.array(self.xids, pa.int64()), pa.array(self.commit_ts, META_FIELDS[4].type),
-            pa.array(self.snapshots, pa.bool_()), pa.array(self.unchanged, META_FIELDS[6].type),
+            pa.array([c.op.value for c in changes], pa.string()),
+            pa.array([p.commit_lsn.value for p in positions], pa.uint64()),
+            pa.array([p.seq for p in positions], pa.int64()), pa.array([c.xid for c in changes], pa.int64()),
+            pa.array([c.commit_ts_us for c in changes], META_FIELDS[4].type),
+            pa.array([c.snapshot for c in changes], pa.bool_()),
+            pa.array([list(c.unchanged) if c.unchanged else None for c in changes], META_FIELDS[6].type),
             pa.array(self.partitions, pa.int32()), pa.array(self.offsets, pa.int64()),
         ]
         return pa.RecordBatch.from_arrays(arrays, schema=self.plan.schema)
