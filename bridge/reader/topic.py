@@ -55,8 +55,9 @@ class TopicReader:
     """Reads `topic` (a data topic of the bridge) into `pyarrow.RecordBatch`es.
 
     Schemas come from `store` when given, else from the schema registry at `registry_url`
-    (Confluent framing), else from the `<topic_prefix>._schemas` topic (single-object framing):
-    the same choice the bridge's `kafka.schema_registry_url` makes. `topic_prefix` (None: not
+    (Confluent framing; `registry_config`: the client's settings, such as credentials), else
+    from the `<topic_prefix>._schemas` topic (single-object framing): the same choice the
+    bridge's `kafka.schema_registry_url` makes. `topic_prefix` (None: not
     checked) is also the namespace the writer schemas must carry.
 
     A batch holds the records of one writer schema, in offset order per partition, at most
@@ -68,7 +69,8 @@ class TopicReader:
     """
 
     def __init__(self, bootstrap: str, topic: str, *, topic_prefix: str | None = "bridge",
-                 registry_url: str | None = None, store: SchemaStore | None = None, signer: Signer | None = None,
+                 registry_url: str | None = None, registry_config: Mapping[str, Any] | None = None,
+                 store: SchemaStore | None = None, signer: Signer | None = None,
                  start: Start = "earliest", until_end: bool = True, max_batch_rows: int = 65_536,
                  max_batch_bytes: int = 64 << 20, max_wait_s: float = 1.0, idle_timeout_s: float = 60.0,
                  on_error: OnError = "raise", decimals: Decimals = "decimal",
@@ -83,7 +85,7 @@ class TopicReader:
         if store is None and registry_url is not None:
             from bridge.codec.registry import RegistrySchemaStore
 
-            store = RegistrySchemaStore(registry_url)
+            store = RegistrySchemaStore(registry_url, dict(registry_config or {}))
         if store is None:
             store = TopicSchemaStore(bootstrap, topic_prefix or "bridge", dict(kafka_config or {}))
         self._store = store
