@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pyarrow as pa
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from bridge import failures
 from bridge.codec.store import SchemaStore, TopicSchemaStore
@@ -111,7 +119,10 @@ class TopicReader:
             consumer.assign(assign)
             heard = first = time.monotonic()
             while pending or not self._until_end:
-                msgs = consumer.consume(_CONSUME_MAX, 0.5)
+                try:
+                    msgs = consumer.consume(_CONSUME_MAX, 0.5)
+                except KafkaException as exc:  # a fatal consumer error
+                    raise ReaderError(f"consumer failed: {exc}", topic=self.topic) from exc
                 now = time.monotonic()
                 if msgs:
                     heard = now

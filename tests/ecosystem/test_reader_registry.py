@@ -6,6 +6,8 @@ widened column promoted, the added one null before it existed)."""
 
 from __future__ import annotations
 
+import uuid
+
 import pyarrow as pa
 
 from bridge.codec import TableCodec
@@ -24,7 +26,8 @@ V2 = Relation("public", "stock", (ID, Column("qty", "bigint", "int8"), Column("n
 
 
 def test_reader_reads_confluent_framing_through_the_registry(broker: Broker, registry: LocalRegistry) -> None:
-    prefix, topic = "rr", "rr.public.stock"
+    prefix = f"rr{uuid.uuid4().hex[:8]}"
+    topic = f"{prefix}.public.stock"
     TopicManager(broker.bootstrap, partitions=1, replication_factor=1).ensure(topic)
     store = RegistrySchemaStore(registry.url)
     stamp = Stamp(0x3_0000_0000, 5, 1_700_000_000_000_000, False, 0)

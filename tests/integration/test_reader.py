@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -118,20 +119,21 @@ def test_reader_gives_every_change_with_its_values_and_position(broker: Broker, 
                                                                  tmp_path: Path) -> None:
     with psycopg.connect(source_dsn, autocommit=True) as conn:
         conn.execute(SCHEMA)
+    prefix, slot = f"rd{uuid.uuid4().hex[:8]}", f"rd_{uuid.uuid4().hex[:8]}"  # slots are cluster-wide
     cfg = write_config(tmp_path, source_dsn=source_dsn, target_dsn=source_dsn, bootstrap=broker.bootstrap,
-                       ack="kafka", prefix="rd", slot="rd", kafka__tombstones=True)
+                       ack="kafka", prefix=prefix, slot=slot, kafka__tombstones=True)
     proc = BridgeProcess("produce", cfg, tmp_path).start()
     try:
-        wait_slot_active(source_dsn, "rd", proc)
+        wait_slot_active(source_dsn, slot, proc)
         want, xids = workload(source_dsn)
-        wait_confirmed(source_dsn, "rd", proc)
+        wait_confirmed(source_dsn, slot, proc)
         after, xids["after"] = workload_after_alter(source_dsn)
         want += after
-        wait_confirmed(source_dsn, "rd", proc)
+        wait_confirmed(source_dsn, slot, proc)
     finally:
         proc.terminate()
-    topic = "rd.public.items"
-    reader = TopicReader(broker.bootstrap, topic, topic_prefix="rd", max_batch_rows=100)
+    topic = f"{prefix}.public.items"
+    reader = TopicReader(broker.bootstrap, topic, topic_prefix=prefix, max_batch_rows=100)
     batches = list(reader.batches())
     reader.close()
 
@@ -142,7 +144,7 @@ def test_reader_gives_every_change_with_its_values_and_position(broker: Broker, 
         assert set(b.column("__xid").to_pylist()) <= ({xids["after"]} if "extra" in b.schema.names else
                                                       {xids["insert"], xids["update"], xids["delete"]})
     assert any("extra" in b.schema.names for b in batches) and any("extra" not in b.schema.names for b in batches)
-    table = read_table(broker.bootstrap, topic, topic_prefix="rd")
+    table = read_table(broker.bootstrap, topic, topic_prefix=prefix)
     assert table.schema.field("id").type == pa.int64() and table.schema.field("tz").type == pa.timestamp("us", "UTC")
     assert table.schema.field("n").type == pa.decimal128(12, 2) and table.schema.field("big").type == pa.string()
     assert table.num_rows == len(want) == reader.stats.rows
@@ -167,7 +169,7 @@ def test_reader_gives_every_change_with_its_values_and_position(broker: Broker, 
     assert by_key == expect
 
     # the control columns are what the producer wrote, record by record
-    written = {(r.partition, r.offset): r for r in decoded(broker.bootstrap, "rd", topic)}
+    written = {(r.partition, r.offset): r for r in decoded(broker.bootstrap, prefix, topic)}
     assert {(r["__partition"], r["__offset"]) for r in got} == {k for k, r in written.items() if r.value is not None}
     for r in got:
         env = written[(r["__partition"], r["__offset"])].value
@@ -202,9 +204,10 @@ def _good(broker: Broker, prefix: str, n: int) -> tuple[TableCodec, list[bytes]]
 
 
 def test_forged_record_names_its_partition_and_offset(broker: Broker) -> None:
-    codec, good = _good(broker, "fg", 10)
+    prefix = f"fg{uuid.uuid4().hex[:8]}"
+    codec, good = _good(broker, prefix, 10)
     forged = good[3][:len(codec.value_prefix)] + b"\xff" * 12  # the real schema's header, a body that does not decode
-    prefix, topic = "fg", _write(broker, "fg", [*good[:5], None, forged, *good[5:]])
+    topic = _write(broker, prefix, [*good[:5], None, forged, *good[5:]])
 
     with pytest.raises(ReaderError) as err:
         list(read_batches(broker.bootstrap, topic, topic_prefix=prefix))
@@ -221,10 +224,11 @@ def test_forged_record_names_its_partition_and_offset(broker: Broker) -> None:
 
 
 def test_reader_follows_a_topic_resumes_from_offsets_and_verifies_signatures(broker: Broker) -> None:
-    _, good = _good(broker, "fl", 10)
-    topic = _write(broker, "fl", good)
+    prefix = f"fl{uuid.uuid4().hex[:8]}"
+    _, good = _good(broker, prefix, 10)
+    topic = _write(broker, prefix, good)
     # following: batches come out when the topic goes quiet, long before max_batch_rows
-    reader = TopicReader(broker.bootstrap, topic, topic_prefix="fl", until_end=False, max_wait_s=0.2)
+    reader = TopicReader(broker.bootstrap, topic, topic_prefix=prefix, until_end=False, max_wait_s=0.2)
     seen: list[int] = []
     started = time.monotonic()
     for batch in reader.batches():
@@ -233,13 +237,13 @@ def test_reader_follows_a_topic_resumes_from_offsets_and_verifies_signatures(bro
             break
     assert seen == list(range(10)) and time.monotonic() - started < 30
     # resuming after the last offset read: only what came since
-    table = read_table(broker.bootstrap, topic, topic_prefix="fl", start={0: 7})
+    table = read_table(broker.bootstrap, topic, topic_prefix=prefix, start={0: 7})
     assert table.column("__offset").to_pylist() == [7, 8, 9] and table.column("id").to_pylist() == [7, 8, 9]
     if broker.kind != "tansu":  # Tansu's high watermark, where "latest" starts, is its last batch's base offset + 1
-        assert read_table(broker.bootstrap, topic, topic_prefix="fl", start="latest").num_rows == 0
+        assert read_table(broker.bootstrap, topic, topic_prefix=prefix, start="latest").num_rows == 0
     # with the bridge's signing secret, an unsigned record is refused
     with pytest.raises(ReaderError) as err:
-        read_table(broker.bootstrap, topic, topic_prefix="fl", signer=Signer("secret"))
+        read_table(broker.bootstrap, topic, topic_prefix=prefix, signer=Signer("secret"))
     assert err.value.context | {"partition": 0, "offset": 0} == err.value.context
     assert "signature" in str(err.value)
     signer = Signer("secret")
@@ -247,6 +251,6 @@ def test_reader_follows_a_topic_resumes_from_offsets_and_verifies_signatures(bro
     for v in good[:2]:
         producer.produce(topic, key=b"s", value=v, partition=0, headers=[signer.header(topic, 0, b"s", v)])
     assert producer.flush(30) == 0
-    reader = TopicReader(broker.bootstrap, topic, topic_prefix="fl", signer=signer, on_error="skip")
+    reader = TopicReader(broker.bootstrap, topic, topic_prefix=prefix, signer=signer, on_error="skip")
     assert [b.column("__offset").to_pylist() for b in reader.batches()] == [[10, 11]]
     assert reader.stats.skipped == 10
