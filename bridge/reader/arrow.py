@@ -111,6 +111,7 @@ class ArrowPlan:
     columns: tuple[str, ...]
     convert: tuple[Convert | None, ...]
     table: str = ""
+    row_type: pa.DataType | None = None  # the row columns as one struct, when none needs a conversion
 
     @classmethod
     def of(cls, value_schema: dict[str, Any], *, decimals: Decimals = "decimal") -> ArrowPlan:
@@ -133,7 +134,8 @@ class ArrowPlan:
             convs.append(conv)
             names.append(name)
         schema = pa.schema([*fields, *META_FIELDS], metadata={b"pg.table": table.encode()})
-        return cls(schema, tuple(names), tuple(convs), table)
+        row_type = pa.struct(fields) if fields and not any(convs) else None
+        return cls(schema, tuple(names), tuple(convs), table, row_type)
 
 
 @dataclass(slots=True)
@@ -164,19 +166,12 @@ class BatchBuilder:
         for t (its columns are null). Raises `ReaderError` naming the partition, offset and
         column of a value Arrow cannot hold (a NaN in a `decimal128` column: read with
         `decimals="string"`)."""
-        changes, width = self.changes, len(self.plan.columns)
-        empty = (None,) * width
+        changes = self.changes
+        empty = (None,) * len(self.plan.columns)
         # a native row (`NativeRow`) gives its values in one call; the reference gives tuples
         rows = [empty if r is None else r if type(r) is tuple else r.to_tuple()  # type: ignore[attr-defined]
                 for r in (c.before if c.op is Op.DELETE else c.after for c in changes)]
-        by_column = list(zip(*rows, strict=True)) if rows else [() for _ in range(width)]
-        arrays = []
-        for i, (values, conv) in enumerate(zip(by_column, self.plan.convert, strict=True)):
-            t = self.plan.schema.field(i).type
-            try:
-                arrays.append(pa.array(values if conv is None else [conv(v) for v in values], type=t))
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-                raise self._value_error(topic, i, values, exc) from exc
+        arrays = self._row_arrays(topic, rows)
         positions = [c.position for c in changes]
         arrays += [
             pa.array([c.op.value for c in changes], pa.string()),
@@ -188,6 +183,26 @@ class BatchBuilder:
             pa.array(self.partitions, pa.int32()), pa.array(self.offsets, pa.int64()),
         ]
         return pa.RecordBatch.from_arrays(arrays, schema=self.plan.schema)
+
+    def _row_arrays(self, topic: str, rows: list[tuple[Any, ...]]) -> list[pa.Array]:
+        """The row columns. Converted in one pass over the row tuples (as a struct array: 0.6 to
+        1.3 µs per row of bench/sink.py's orders table, against 2.2 to 2.5 column by column)
+        unless a column needs a conversion first; column by column otherwise, and to find the
+        value Arrow refuses."""
+        if self.plan.row_type is not None and rows:
+            try:
+                return list(pa.array(rows, type=self.plan.row_type).flatten())
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                pass  # found column by column below
+        by_column = list(zip(*rows, strict=True)) if rows else [() for _ in self.plan.columns]
+        arrays = []
+        for i, (values, conv) in enumerate(zip(by_column, self.plan.convert, strict=True)):
+            t = self.plan.schema.field(i).type
+            try:
+                arrays.append(pa.array(values if conv is None else [conv(v) for v in values], type=t))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+                raise self._value_error(topic, i, values, exc) from exc
+        return arrays
 
     def _value_error(self, topic: str, i: int, values: Sequence[Any], exc: Exception) -> ReaderError:
         """Find the first value of column `i` that Arrow refuses (slow path, errors only)."""

@@ -111,6 +111,7 @@ class TopicReader:
         record that does not decode (unless skipped), a broker error that does not pass, a
         missing topic, or `idle_timeout_s` without any answer from the broker while reading to
         the end."""
+        self._builder = self._relation = None  # a read abandoned before left its rows here
         consumer = Consumer({"group.id": f"bridge.reader.{uuid.uuid4()}", "enable.auto.commit": False,
                              "enable.partition.eof": True, "fetch.queue.backoff.ms": 10, **self._conf})
         try:
