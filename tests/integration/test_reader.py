@@ -221,6 +221,9 @@ def test_forged_record_names_its_partition_and_offset(broker: Broker) -> None:
     assert table.column("__offset").to_pylist() == [0, 1, 2, 3, 4, 7, 8, 9, 10, 11]
     assert (reader.stats.records, reader.stats.rows, reader.stats.tombstones, reader.stats.skipped) == (12, 10, 1, 1)
     assert reader.stats.errors[0].context["offset"] == 6
+    if broker.kind == "kafka":  # Tansu creates a topic a metadata request names
+        with pytest.raises(ReaderError, match="no such topic"):
+            read_table(broker.bootstrap, f"{prefix}.public.missing", topic_prefix=prefix, idle_timeout_s=10)
 
 
 def test_reader_follows_a_topic_resumes_from_offsets_and_verifies_signatures(broker: Broker) -> None:
