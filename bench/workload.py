@@ -26,10 +26,23 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from bridge.relation import Column, Relation
+
 TABLE = "public.orders"
 COLUMNS = ("id", "account_id", "amount", "status", "note", "created_at", "payload")
 PG_TYPES = ("int8", "int4", "numeric", "text", "text", "timestamptz", "jsonb")
 """Type names of COLUMNS, in order (for `copy.set_types`)."""
+
+ORDERS_RELATION = Relation("public", "orders", (
+    Column("id", "bigint", "int8", not_null=True),
+    Column("account_id", "integer", "int4", not_null=True),
+    Column("amount", "numeric(12,2)", "numeric", not_null=True, precision=12, scale=2),
+    Column("status", "text", "text", not_null=True),
+    Column("note", "text", "text"),
+    Column("created_at", "timestamp with time zone", "timestamptz", not_null=True),
+    Column("payload", "jsonb", "jsonb"),
+), primary_key=("id",))
+"""The table as the bridge's `Relation` (what the sink's row encoders are generated from)."""
 
 TEST_ROWS = 10_000
 BENCH_ROWS = 1_000_000
