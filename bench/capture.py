@@ -39,6 +39,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.limits import create_slot, drop_slot, pg_peek_count, pg_recvlogical
+from bench.target import MachineCpu
 from bench.workload import MixCounts, create_orders, write_mix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,6 +219,7 @@ def capture_run(source_dsn: str, bootstrap: str, workdir: Path, *, base_slot: st
     cfg = write_config(workdir, source_dsn=source_dsn, bootstrap=bootstrap, slot=slot, prefix=prefix,
                        capture=mode, ack="kafka", partitions=partitions)
     watch = EndOffsets(bootstrap, f"{prefix}.public.orders")
+    machine = MachineCpu().start()
     proc = BridgeProc("produce", cfg, workdir, wrap=wrap)
     first: float | None = None
     first_records, first_cpu, first_server_cpu = 0, None, None
@@ -239,6 +241,7 @@ def capture_run(source_dsn: str, bootstrap: str, workdir: Path, *, base_slot: st
         rss = proc.peak_rss_mib()
         cpu = proc.cpu_seconds()
         server_cpu = slot_holder_cpu(source_dsn, slot)
+        box = machine.stop()
         if n > want:
             log.warning("capture %s: %s records in the topic, expected %s", mode, n, want)
     finally:
@@ -264,7 +267,7 @@ def capture_run(source_dsn: str, bootstrap: str, workdir: Path, *, base_slot: st
            "walsender_cpu_us_per_change": None if server_cpu is None else server_cpu * 1e6 / counts.changes,
            "walsender_cpu_share_streaming": (None if server_cpu is None or first_server_cpu is None
                                              else (server_cpu - first_server_cpu) / max(now - first, 1e-9)),
-           "load": os.getloadavg()[0]}
+           "machine_busy": box["busy"], "load": os.getloadavg()[0]}
     log.info("capture %s: %s changes in %.1fs (%.0f/s; %.0f/s from the first record), peak RSS %.0f MiB",
              mode, counts.changes, secs, res["rate"], res["stream_rate"], rss or 0)
     return res

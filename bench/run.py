@@ -67,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.capture import TARGET_RECVLOGICAL, BridgeProc, capture_run, config_port, free_port, write_config
 from bench.decode import TARGET_NATIVE, measure_decode
 from bench.limits import DESCRIPTIONS, LIMITS, create_slot, measure_all
-from bench.scaleout import format_scaleout, scaleout_run
+from bench.scaleout import current_wal, format_scaleout, format_walsenders, scaleout_run, walsenders_run
 from bench.target import MachineCpu, wait_first_apply, wait_target
 from bench.workload import (
     TABLE,
@@ -493,10 +493,12 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             else:
                 why = (f"waiting: while streaming the producer used only {_share(share)} of a core "
                        f"({_us(steady)} per change) and the walsender {_share(ws_share)} ({_us(ws_us)} per change "
-                       f"over its life; it decodes on one core, pg_recvlogical alone reaches {recv:,.0f}/s)")
+                       f"over its life; it decodes on one core, pg_recvlogical alone reaches {recv:,.0f}/s), "
+                       f"the machine's cores {_share(stream.get('machine_busy'))} busy with other tenants' work too")
+            if why and not why.startswith("start-up"):
+                why += f"; {to_first:.1f} s to the first record"
             if why:
-                why += (f"; {to_first:.1f} s to the first record; machine load {stream.get('load', 0):.1f} on "
-                        f"{res['meta']['cpus']} cores")
+                why += f"; machine load {stream.get('load', 0):.1f} on {res['meta']['cpus']} cores"
             rows.append((f"#15 capture → Kafka ≥ {TARGET_RECV}x pg_recvlogical (stream, {mix})",
                          f"{x:.2f}x: {stream['rate']:,.0f}/s from process start vs {recv:,.0f}/s "
                          f"({stream['stream_rate']:,.0f}/s from the first record, {xs:.2f}x)",
@@ -556,7 +558,9 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             continue
         rate = sk.get("rate_from_first_apply", sk["rate"])
         cpu_row, cshare = sk.get("cpu_us_per_row_applying"), sk.get("cpu_share_applying")
-        cpu_txt = f"the sink used {_share(cshare)} of a core at {_us(cpu_row)} per row while applying"
+        cpu_txt = (f"the sink used {_share(cshare)} of a core at {_us(cpu_row)} per row while applying (machine "
+                   f"load {sk.get('load')} on {res['meta']['cpus']} cores); it applies one batch at a time, "
+                   f"waiting while PostgreSQL runs its COPY and upsert")
         measured_tail = f"{rate:,.0f}/s from the first applied batch ({sk['rate']:,.0f}/s from process start)"
         if mix == "insert" and isinstance(cbytes, float):
             x = rate / cbytes
@@ -610,7 +614,10 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                              f"achieved {lat['achieved_rate']:,.0f}/s)",
                              "met" if lat["p99_ms"] < TARGET_P99_MS else at_most(lat["p99_ms"], TARGET_P99_MS),
                              f"polled every {lat['poll_interval_ms']} ms; the sink's own histogram: p99 "
-                             f"{lat.get('sink_histogram_p99', 'n/a')}"))
+                             f"{lat.get('sink_histogram_p99', 'n/a')}; {lat['late_writes']} transactions written "
+                             f"over 50 ms late; machine load {lat.get('load')} on {res['meta']['cpus']} cores "
+                             f"(1,000/s: p99 " + ", ".join(f"{x['p99_ms']:.0f} ms" for x in e.get("latency", [])
+                                                          if x.get("rate") == 1_000) + ")"))
     peaks: list[tuple[str, float]] = []
     idle: float | None = None
     for mix, m in mixes.items():
@@ -724,6 +731,9 @@ def markdown(res: dict[str, Any]) -> str:
         if isinstance(so, dict):
             out += [f"### scale-out, {mix} mix: sinks in one consumer group on the same backlog "
                     f"({so.get('partitions')} partitions), each run into a fresh target", "", format_scaleout(so), ""]
+            if isinstance(so.get("walsenders"), dict):
+                out += ["Several slots on the same backlog (test_decoding: each walsender decodes every change):",
+                        "", format_walsenders(so["walsenders"]), ""]
         elif so is not None:
             out += [f"### scale-out, {mix} mix", "", str(so), ""]
     s = res.get("snapshot")
@@ -768,7 +778,13 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also profile producer and sink (pyinstrument)")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--tag", default="", help="suffix of the result files' names")
+    ap.add_argument("--report", metavar="JSON", help="only write the Markdown report of a saved run (next to it)")
     args = ap.parse_args()
+    if args.report:
+        src = Path(args.report)
+        src.with_suffix(".md").write_text(markdown(json.loads(src.read_text())))
+        print(src.with_suffix(".md"))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("bridge").setLevel(logging.WARNING)
 
@@ -811,6 +827,7 @@ def main() -> None:
                 prepare_debezium(src, slot=dbz_slot)
             t0 = time.perf_counter()
             counts = write_mix(src, mix, args.rows)
+            m["wal_end"] = current_wal(src)  # the backlog's end (later stages write WAL elsewhere)
             m["changes"] = counts.changes
             m["counts"] = {"inserts": counts.inserts, "updates": counts.updates, "deletes": counts.deletes,
                            "transactions": counts.transactions}
@@ -857,6 +874,13 @@ def main() -> None:
                                                  changes=counts.changes, sinks=scale, tag=mix,
                                                  broker_pid=proc.pid if proc is not None else None)
                     m["scaleout"]["partitions"] = 6
+                    if mix == "insert":
+                        try:
+                            m["scaleout"]["walsenders"] = walsenders_run(src, base, counts.changes,
+                                                                                 endpos=m["wal_end"])
+                        except Exception as exc:
+                            log.exception("walsenders failed")
+                            m["scaleout"]["walsenders"] = {"1": f"failed: {exc}"}
                     save()
             try:
                 m["end_to_end"] = end_to_end_run(pg, bootstrap, workdir, mix, args.rows,

@@ -24,6 +24,10 @@ spreads the partitions over them (range assignment). Measured:
 - beside them, in the same window: the CPU of the target database's PostgreSQL backends (the
   sinks' connections, read just before stopping), of the broker process, and the machine's busy
   share of all its cores (`/proc/stat`; the machine is shared) and load average.
+
+`walsenders_run` (standalone, and from bench/run.py on the insert mix) measures the producer's
+side of scaling: 1 and then 2 `pg_recvlogical` processes at once, each on its own copy of the
+slot (the same backlog), to show what several slots cost the server with test_decoding.
 """
 
 from __future__ import annotations
@@ -138,6 +142,68 @@ def sinks_run(source_dsn: str, target_dsn: str, bootstrap: str, workdir: Path, *
     return res
 
 
+def walsenders_run(dsn: str, base_slot: str, changes: int, counts: tuple[int, ...] = (1, 2), *,
+                   endpos: str | None = None) -> dict[str, Any]:
+    """What splitting the capture over several slots does to the server: for each n in `counts`,
+    n `pg_recvlogical` processes (test_decoding, the options the producer uses, to /dev/null)
+    started together, each on its own copy of `base_slot` (the same backlog), up to `endpos` (the
+    WAL end right after the workload was written: WAL of other databases written later, e.g. by
+    the sink stages, would be read too), or the current WAL end when not given. With test_decoding there is no server-side table filter, so each slot's
+    walsender decodes and prints every change of the database whatever tables its producer keeps.
+    Returns {n: {"seconds" (slowest), "each_rate" (changes/s of the slowest), "decoded_rate" (n x
+    changes / seconds: changes decoded by all walsenders together), "walsender_cpu_s"}}."""
+    import subprocess
+
+    import psycopg
+
+    from bench.limits import PEEK_OPTIONS, drop_slot, pg_bindir
+
+    exe = str(pg_bindir() / "pg_recvlogical")
+    out: dict[str, Any] = {}
+    for n in counts:
+        slots = [f"{base_slot}_ws{n}_{i}_{uuid.uuid4().hex[:4]}" for i in range(n)]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for sl in slots:
+                conn.execute("SELECT pg_copy_logical_replication_slot(%s, %s)", (base_slot, sl))
+            row = (endpos,) if endpos else conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        opts: list[str] = []
+        for k, v in zip(PEEK_OPTIONS[::2], PEEK_OPTIONS[1::2], strict=True):
+            opts += ["-o", f"{k}={v}"]
+        seen: dict[str, float] = {}  # slot -> its walsender's CPU seconds, last sampled
+        try:
+            t0 = time.perf_counter()
+            procs = [subprocess.Popen([exe, "-d", dsn, "--slot", sl, "--start", "--endpos", str(row[0]), "--no-loop",
+                                       "-f", "/dev/null", "-F", "0", "-s", "1", *opts],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for sl in slots]
+            # the walsenders' CPU, sampled from /proc while they run (each exits with its client);
+            # one connection finds their pids (a connection per poll would fork a backend each time)
+            pids: dict[str, int] = {}
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                while any(p.poll() is None for p in procs):
+                    if len(pids) < n:
+                        for name, pid in conn.execute(
+                                "SELECT slot_name, active_pid FROM pg_replication_slots"
+                                " WHERE slot_name = ANY(%s) AND active_pid IS NOT NULL", (slots,)):
+                            pids[name] = int(pid)
+                    for name, pid in pids.items():
+                        c = pid_cpu_seconds(pid)
+                        if c is not None:
+                            seen[name] = c
+                    time.sleep(0.05)
+            secs = time.perf_counter() - t0
+            errs = [p.stderr.read().decode() for p in procs if p.returncode != 0 and p.stderr is not None]
+            if errs:
+                raise RuntimeError(f"pg_recvlogical failed: {errs[0][-300:]}")
+        finally:
+            for sl in slots:
+                drop_slot(dsn, sl)
+        out[str(n)] = {"seconds": secs, "each_rate": changes / secs, "decoded_rate": n * changes / secs,
+                       "walsender_cpu_s": sum(seen.values()), "walsenders_seen": len(seen)}
+        log.info("%s walsender(s): %.1fs, %.0f changes/s each", n, secs, changes / secs)
+    return out
+
+
 def scaleout_run(source_dsn: str, create_database: Any, bootstrap: str, workdir: Path, *, prefix: str,
                  changes: int, sinks: tuple[int, ...] = DEFAULT_SINKS, broker_pid: int | None = None,
                  tag: str = "") -> dict[str, Any]:
@@ -180,6 +246,30 @@ def format_scaleout(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def current_wal(dsn: str) -> str:
+    """`pg_current_wal_lsn()` as text."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def format_walsenders(res: dict[str, Any]) -> str:
+    """`walsenders_run`'s result as a Markdown table."""
+    lines = ["| slots read at once (pg_recvlogical each) | seconds (slowest) | changes/s per slot "
+             "| changes decoded per second, all walsenders | walsender CPU s (sampled) |",
+             "| ---: | ---: | ---: | ---: | ---: |"]
+    for n, r in res.items():
+        if isinstance(r, dict):
+            lines.append(f"| {n} | {r['seconds']:.1f} | {r['each_rate']:,.0f} | {r['decoded_rate']:,.0f} | "
+                         f"{r['walsender_cpu_s']:.1f} |")
+        else:
+            lines.append(f"| {n} | {r} | | | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000)
@@ -205,6 +295,7 @@ def main() -> None:
         create_orders(src)
         create_slot(src, "bench_scaleout")
         counts = write_mix(src, args.mix, args.rows)
+        wal_end = current_wal(src)
         cap = capture_run(src, broker.bootstrap, workdir, base_slot="bench_scaleout", counts=counts, mode="stream",
                           partitions=args.partitions)
         proc = getattr(broker, "proc", None)
@@ -212,9 +303,11 @@ def main() -> None:
                            changes=counts.changes, sinks=tuple(int(x) for x in args.sinks.split(",")),
                            broker_pid=proc.pid if proc is not None else None)
         res["partitions"] = args.partitions
+        res["walsenders"] = walsenders_run(src, "bench_scaleout", counts.changes, endpos=wal_end)
         print(f"\nscale-out: mix={args.mix} changes={counts.changes:,} partitions={args.partitions} "
               f"broker={args.broker} cpus={os.cpu_count()}\n")
         print(format_scaleout(res))
+        print("\n" + format_walsenders(res["walsenders"]))
         print(json.dumps(res, default=str))
     finally:
         broker.destroy()
