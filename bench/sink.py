@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.arrow_cost import measure as measure_arrow
 from bench.arrow_cost import report as report_arrow
-from bench.workload import orders_relation
+from bench.limits import binary_copy_stream, copy_stream
+from bench.workload import ORDERS_RELATION as ORDERS
 from bridge.codec import EnvelopeDecoder, MemorySchemaStore, TableCodec
 from bridge.events import ChangeEvent, Op, Position
 from bridge.local.postgres import LocalPostgres
@@ -44,7 +45,6 @@ from bridge.lsn import Lsn
 from bridge.sink.apply import Applier
 from bridge.sink.native_stage import envelope_decoder, tune_gc
 from bridge.sink.records import SinkRecord
-from bridge.sink.stage import SIGNATURE, TRAILER, row_encoder
 
 ORDERS_DDL = """
 CREATE TABLE public.orders (
@@ -56,7 +56,6 @@ UPSERT = ("INSERT INTO public.orders SELECT * FROM stg ON CONFLICT (id) DO UPDAT
           " created_at = EXCLUDED.created_at, payload = EXCLUDED.payload")
 TYPES = ["int8", "int4", "numeric", "text", "text", "timestamptz", "jsonb"]
 
-ORDERS = orders_relation()
 
 STATUSES = ["pending-payment", "shipped-to-customer", "awaiting-stock", "cancelled-by-user", "delivered"]
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -175,25 +174,12 @@ def run_sink(dsn: str, store: MemorySchemaStore, values: list[tuple[str, int, by
     return took
 
 
-# the direct COPY's wire codes for the orders table (jsonb binary, numeric binary)
-DIRECT_CODES = ["q", "i", "numeric", "text", "text", "ts", "jsonb"]
-
-
 def run_copy_bytes(dsn: str, rows: list[tuple[Any, ...]]) -> float:
-    """Binary COPY of `rows` from bytes in hand: the stream is encoded before the clock starts."""
-    enc = row_encoder(ORDERS.columns, DIRECT_CODES, meta=False)
-    parts: list[bytes] = [SIGNATURE]
-    enc([(0, 0, b"c", 0, r) for r in rows], parts.append)
-    parts.append(TRAILER)
-    stream = b"".join(parts)
-    chunk = 1 << 20
+    """Binary COPY of `rows` (value form) from bytes in hand: `bench.limits.binary_copy_stream`
+    encodes the stream before the clock starts, `bench.limits.copy_stream` times COPY + commit."""
+    stream = binary_copy_stream(rows)
     with psycopg.connect(dsn) as c:
-        def go() -> None:
-            with c.cursor().copy("COPY public.orders FROM STDIN (FORMAT BINARY)") as cp:
-                for i in range(0, len(stream), chunk):
-                    cp.write(stream[i:i + chunk])
-            c.commit()
-        return timed(go)
+        return copy_stream(c, "public.orders", stream)
 
 
 def run_copy(dsn: str, rows: list[tuple[Any, ...]]) -> float:

@@ -48,6 +48,9 @@ def orders_relation(**kw: Any) -> Relation:
         Column("payload", "jsonb", "jsonb"),
     ), ("id",), **kw)
 
+ORDERS_RELATION = orders_relation()
+"""The table as the bridge's `Relation` (what the sink's row encoders are generated from)."""
+
 
 TEST_ROWS = 10_000
 BENCH_ROWS = 1_000_000
