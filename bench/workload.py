@@ -34,7 +34,6 @@ PG_TYPES = ("int8", "int4", "numeric", "text", "text", "timestamptz", "jsonb")
 """Type names of COLUMNS, in order (for `copy.set_types`)."""
 
 
-
 def orders_relation(**kw: Any) -> Relation:
     """The bridge's `Relation` of `public.orders`, as the catalog describes it (for tests and
     benchmarks that encode or apply its rows without a source database); `kw` as `Relation`'s."""
@@ -47,6 +46,7 @@ def orders_relation(**kw: Any) -> Relation:
         Column("created_at", "timestamp with time zone", "timestamptz", not_null=True),
         Column("payload", "jsonb", "jsonb"),
     ), ("id",), **kw)
+
 
 ORDERS_RELATION = orders_relation()
 """The table as the bridge's `Relation` (what the sink's row encoders are generated from)."""
