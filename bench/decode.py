@@ -261,8 +261,8 @@ def measure_decode(dsn: str, slot: str, *, repeat: int = 3, limit: int | None = 
             if type(done) is Transaction:
                 st = stamp_of(done.commit_lsn)
                 for ev in stage.events(done, st):
-                    if type(ev) is tuple:  # Encoded: (relation, op, key, value, seq)
-                        encoded(ev[0], ev[1], ev[2], ev[3])
+                    if type(ev) is tuple:  # Encoded: (relation, op, key, value, seq, key hash)
+                        encoded(ev[0], ev[1], ev[2], ev[3], ev[5])
                         n += 1
                     elif type(ev) is ChangeEvent:
                         records(ev, st)

@@ -57,6 +57,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -761,6 +762,28 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def decode_stage(src: str, base: str, **kw: Any) -> dict[str, Any]:
+    """`measure_decode` on a copy of slot `base` (the backlog stays for the later stages)."""
+    from bench.limits import drop_slot
+
+    dslot = f"{base}_dec"
+    with psycopg.connect(src, autocommit=True) as conn:
+        conn.execute("SELECT pg_copy_logical_replication_slot(%s, %s)", (base, dslot))
+    out = measure_decode(src, dslot, **kw)
+    drop_slot(src, dslot)
+    return out
+
+
+def guarded(what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """`fn(*args, **kw)`, or `"failed: …"` (logged with its traceback) when it raises: a stage
+    that fails does not stop the others, and its row in the report says why."""
+    try:
+        return fn(*args, **kw)
+    except Exception as exc:
+        log.exception("%s failed", what)
+        return f"failed: {exc}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -839,34 +862,20 @@ def main() -> None:
             m["limits_load"] = load()
             save()
             peek = m["limits"].get("pg_peek_count")
-            try:
-                dslot = f"{base}_dec"
-                with psycopg.connect(src, autocommit=True) as conn:
-                    conn.execute("SELECT pg_copy_logical_replication_slot(%s, %s)", (base, dslot))
-                m["decode"] = measure_decode(src, dslot, repeat=args.repeat, limit=args.decode_rows,
-                                             peek_rate=peek if isinstance(peek, float) else None)
-                from bench.limits import drop_slot
-                drop_slot(src, dslot)
-            except Exception as exc:
-                log.exception("decode failed")
-                m["decode"] = f"failed: {exc}"
+
+            m["decode"] = guarded("decode", decode_stage, src, base, repeat=args.repeat, limit=args.decode_rows,
+                                  peek_rate=peek if isinstance(peek, float) else None)
             save()
             m["capture"] = []
             for mode in ("stream", "sql"):
-                try:
-                    m["capture"].append(capture_run(src, bootstrap, workdir, base_slot=base, counts=counts, mode=mode))
-                except Exception as exc:
-                    log.exception("capture %s failed", mode)
-                    m["capture"].append(f"{mode} failed: {exc}")
+                got = guarded(f"capture {mode}", capture_run, src, bootstrap, workdir, base_slot=base,
+                              counts=counts, mode=mode)
+                m["capture"].append(f"{mode} {got}" if isinstance(got, str) else got)
                 save()
             prefix = next((c["prefix"] for c in m["capture"] if isinstance(c, dict)), None)
             if prefix:
-                try:
-                    m["sink"] = sink_run(src, pg.create_database(f"sink_{mix}"), bootstrap, workdir, prefix=prefix,
-                                         changes=counts.changes)
-                except Exception as exc:
-                    log.exception("sink failed")
-                    m["sink"] = f"failed: {exc}"
+                m["sink"] = guarded("sink", sink_run, src, pg.create_database(f"sink_{mix}"), bootstrap, workdir,
+                                    prefix=prefix, changes=counts.changes)
                 save()
                 if scale:
                     proc = getattr(broker, "proc", None)
@@ -875,42 +884,22 @@ def main() -> None:
                                                  broker_pid=proc.pid if proc is not None else None)
                     m["scaleout"]["partitions"] = 6
                     if mix == "insert":
-                        try:
-                            m["scaleout"]["walsenders"] = walsenders_run(src, base, counts.changes,
-                                                                                 endpos=m["wal_end"])
-                        except Exception as exc:
-                            log.exception("walsenders failed")
-                            m["scaleout"]["walsenders"] = {"1": f"failed: {exc}"}
+                        got = guarded("walsenders", walsenders_run, src, base, counts.changes, endpos=m["wal_end"])
+                        m["scaleout"]["walsenders"] = {"1": got} if isinstance(got, str) else got
                     save()
-            try:
-                m["end_to_end"] = end_to_end_run(pg, bootstrap, workdir, mix, args.rows,
-                                                 rates=rates if mix == "mixed" else [],
-                                                 latency_seconds=args.latency_seconds)
-            except Exception as exc:
-                log.exception("end to end failed")
-                m["end_to_end"] = f"failed: {exc}"
+            m["end_to_end"] = guarded("end to end", end_to_end_run, pg, bootstrap, workdir, mix, args.rows,
+                                      rates=rates if mix == "mixed" else [], latency_seconds=args.latency_seconds)
             save()
         snap_rows = args.rows if args.snapshot_rows is None else args.snapshot_rows
-        try:
-            if snap_rows:
-                res["snapshot"] = snapshot_stage(pg, bootstrap, workdir, snap_rows)
-        except Exception as exc:
-            log.exception("snapshot failed")
-            res["snapshot"] = f"failed: {exc}"
+        if snap_rows:
+            res["snapshot"] = guarded("snapshot", snapshot_stage, pg, bootstrap, workdir, snap_rows)
         save()
         big_rows = args.rows if args.big_rows is None else args.big_rows
-        try:
-            if big_rows:
-                res["big"] = big_run(pg, bootstrap, workdir, big_rows)
-        except Exception as exc:
-            log.exception("big transaction failed")
-            res["big"] = f"failed: {exc}"
+        if big_rows:
+            res["big"] = guarded("big transaction", big_run, pg, bootstrap, workdir, big_rows)
         if args.profile:
-            try:
-                res["profile"] = profile_run(pg, bootstrap, workdir, min(args.rows, 200_000), out_dir, date)
-            except Exception as exc:
-                log.exception("profile failed")
-                res["profile"] = f"failed: {exc}"
+            res["profile"] = guarded("profile", profile_run, pg, bootstrap, workdir, min(args.rows, 200_000),
+                                     out_dir, date)
         res["meta"]["load_end"] = load()
         res["meta"]["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         save()
