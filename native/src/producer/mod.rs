@@ -8,9 +8,12 @@
 //! (bytes and errors) are the reference's.
 
 pub mod array;
+pub mod binval;
 pub mod convert;
+pub mod copybin;
 pub mod parse;
 pub mod plan;
+pub mod snapshot;
 
 use std::collections::HashMap;
 
