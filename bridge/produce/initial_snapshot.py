@@ -102,6 +102,7 @@ class InitialSnapshot:
             if native.enabled() else None
         if reader is None:
             return self._reference_table(route, prog, entry, stopped, present)
+        log.info("snapshot: %s read through binary COPY (native core)", rel.qualified, extra={"table": rel.qualified})
         if rel.primary_key:
             return self._native_keyed(reader, route, prog, entry, stopped, present)
         return self._native_keyless(reader, route, prog, entry, stopped)
@@ -138,7 +139,9 @@ class InitialSnapshot:
         prog.rows += rows
         prog.last_key = last_key
         metrics.SNAPSHOT_ROWS.labels(f"{prog.schema}.{prog.table}").inc(rows)
-        self.plan.save(self.plan.state)  # waits for the chunk's deliveries first
+        self._emitter.flush(60.0)
+        self._emitter.check()  # a failed delivery raises here, before the state says the chunk is done
+        self.plan.save(self.plan.state)  # waits for the chunk's deliveries first, then writes the state
         self._follower.poll(0)
         if stopped():
             log.info("snapshot interrupted in %s after %d rows", f"{prog.schema}.{prog.table}", prog.rows)
