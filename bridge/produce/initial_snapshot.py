@@ -126,11 +126,8 @@ class InitialSnapshot:
     def _send(self, route: Route, records: list[Record], entry: InFlight, stamp: Stamp) -> None:
         """One chunk's natively encoded records, numbered from the state's next seq."""
         state = self.plan.state
-        batch = self._emitter.batch(entry, stamp)
-        seq, emit = state.next_seq, self._emitter.emit
-        for i, record in enumerate(records):
-            emit(batch, route, [record], seq + i)
-        state.next_seq = seq + len(records)
+        self._emitter.emit_each(self._emitter.batch(entry, stamp), route, records, state.next_seq)
+        state.next_seq += len(records)
 
     def _chunk_done(self, prog: TableProgress, rows: int, last_key: list[str] | None,
                     stopped: Callable[[], bool]) -> bool:
@@ -159,14 +156,19 @@ class InitialSnapshot:
 
     def _native_keyed(self, reader: NativeTableReader, route: Route, prog: TableProgress, entry: InFlight,
                       stopped: Callable[[], bool], present: set[bytes]) -> bool:
-        """Keyset chunks through binary COPY; a chunk the core misses is read by the reference."""
+        """Keyset chunks through binary COPY; a chunk the core misses is read by the reference.
+        Pipelined: chunk N+1 is read while chunk N's records are delivered, and chunk N's
+        progress is saved (after its deliveries) before chunk N+1 is sent."""
         plan = self.plan
         reader.core.skip(list(present))
+        read_key, pending = prog.last_key, 0
         while True:
             stamp = self._stamp(entry)
-            got = reader.read_chunk(plan.conn, prog.last_key, plan.state.next_seq, stamp)
+            got = reader.read_chunk(plan.conn, read_key, plan.state.next_seq, stamp)
+            if pending and not self._chunk_done(prog, pending, read_key, stopped):
+                return False
             if got is None:
-                rows, last = TableReader(route.relation, plan.chunk_rows).read_chunk(plan.conn, prog.last_key)
+                rows, last = TableReader(route.relation, plan.chunk_rows).read_chunk(plan.conn, read_key)
                 self._reference_rows(route, rows, entry, present)
                 n = len(rows)
             else:
@@ -174,31 +176,30 @@ class InitialSnapshot:
                 self._send(route, records, entry, stamp)
             if n == 0:
                 return True
-            if not self._chunk_done(prog, n, last, stopped):
-                return False
             if n < plan.chunk_rows:
-                return True
+                return self._chunk_done(prog, n, last, stopped)
+            read_key, pending = last, n
 
     def _native_keyless(self, reader: NativeTableReader, route: Route, prog: TableProgress, entry: InFlight,
                         stopped: Callable[[], bool]) -> bool:
-        """A table without a key in one binary COPY. A miss before any record was sent hands the
-        table to the reference; after, it raises (the rows sent cannot be taken back)."""
+        """A table without a key in one binary COPY (pipelined as `_native_keyed`). A miss before
+        any record was sent hands the table to the reference; after, it raises (the rows sent
+        cannot be taken back)."""
         if prog.last_key is not None:
             return True  # read in one pass: it was finished
-        sent = False
+        pending = 0
         for chunk in reader.scan(self.plan.conn, self.plan.state.next_seq, lambda: self._stamp(entry)):
             if chunk is None:
-                if sent:
+                if pending:
                     raise SourceError(f"the native snapshot of {route.relation.qualified} met a value it cannot "
                                       "encode after rows were sent; BRIDGE_NATIVE=0 reads it on the reference path",
                                       table=route.relation.qualified)
                 return self._reference_table(route, prog, entry, stopped, set())
-            stamp, records, n = chunk
-            self._send(route, records, entry, stamp)
-            sent = True
-            if not self._chunk_done(prog, n, None, stopped):
+            if pending and not self._chunk_done(prog, pending, None, stopped):
                 return False
-        return True
+            stamp, records, pending = chunk
+            self._send(route, records, entry, stamp)
+        return not pending or self._chunk_done(prog, pending, None, stopped)
 
     def _resume(self, rel: Relation, prog: TableProgress, entry: InFlight) -> set[bytes]:
         """The dead run may have delivered part of the next chunk: the keys to skip (the rest

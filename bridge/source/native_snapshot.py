@@ -69,6 +69,23 @@ def snapshot_spec(col: Column, field: dict[str, Any]) -> tuple[str, str, str, in
     return (name, form, conv, length, precision, scale, ndims, delim)
 
 
+_BATCH = 256
+"""COPY messages handed to the core per call (PostgreSQL sends one message per row)."""
+
+
+def batches(copy: Any) -> Iterator[list[Any]]:
+    """The blocks of a COPY out (`psycopg.Copy`), in lists of up to `_BATCH`."""
+    read = copy.read
+    blocks: list[Any] = []
+    while block := read():
+        blocks.append(block)
+        if len(blocks) >= _BATCH:
+            yield blocks
+            blocks = []
+    if blocks:
+        yield blocks
+
+
 def stamp_bytes(stamp: Stamp) -> tuple[bytes, bytes]:
     """The `source` bytes of a chunk's stamp: commit_lsn, and xid … ts_ms."""
     return _write_long(stamp.commit_lsn), _write_source_tail(
@@ -125,9 +142,9 @@ class NativeTableReader:
         return sql.SQL("COPY ({}{} ORDER BY {} LIMIT {}) TO STDOUT (FORMAT BINARY)").format(
             self._select, where, self._key, sql.Literal(self.chunk_rows))
 
-    def _feed(self, block: Any, seq: int, src: tuple[bytes, bytes]) -> tuple[list[Record], int] | int:
+    def _feed(self, blocks: list[Any], seq: int, src: tuple[bytes, bytes]) -> tuple[list[Record], int] | int:
         try:
-            out: tuple[list[Record], int] | int = self.core.transcode(block, seq, *src)
+            out: tuple[list[Record], int] | int = self.core.transcode(blocks, seq, *src)
         except ValueError as exc:
             raise SourceError(f"snapshot of {self.relation.qualified}: {exc}", table=self.relation.qualified) from exc
         if isinstance(out, int):
@@ -152,10 +169,10 @@ class NativeTableReader:
         rows, miss = 0, False
         self.core.start()
         with conn.cursor() as cur, cur.copy(self._query(last_key)) as copy:
-            for block in copy:
+            for blocks in batches(copy):
                 if miss:
                     continue  # drained: the connection stays usable
-                out = self._feed(block, seq + len(records), src)
+                out = self._feed(blocks, seq + len(records), src)
                 if isinstance(out, int):
                     miss = True
                     continue
@@ -177,10 +194,10 @@ class NativeTableReader:
         records: list[Record] = []
         rows, miss = 0, False
         with conn.cursor() as cur, cur.copy(self._query(None)) as copy:
-            for block in copy:
+            for blocks in batches(copy):
                 if miss:
                     continue  # drained: the connection stays usable
-                out = self._feed(block, seq + len(records), src)
+                out = self._feed(blocks, seq + len(records), src)
                 if isinstance(out, int):
                     miss = True
                     continue

@@ -264,7 +264,7 @@ impl SnapshotTranscoder {
         self.core.skip = keys.into_iter().collect();
     }
 
-    /// Feed one block of the COPY stream and transcode every whole row in it, numbering the
+    /// Feed blocks of the COPY stream and transcode every whole row in them, numbering the
     /// records from `seq` (a skipped row takes no number), with the chunk's `source` bytes
     /// `lsn` (commit_lsn) and `tail` (xid … ts_ms). Returns `(records, rows read)`, records as
     /// `(partition, key | None, envelope)`, or an int miss code (`convert::Miss`): the chunk
@@ -272,12 +272,14 @@ impl SnapshotTranscoder {
     fn transcode<'py>(
         &mut self,
         py: Python<'py>,
-        block: PyBuffer<u8>,
+        blocks: Vec<PyBuffer<u8>>,
         seq: i64,
         lsn: &[u8],
         tail: &[u8],
     ) -> PyResult<Bound<'py, PyAny>> {
-        block.copy_to_slice(py, self.core.reader.space(block.item_count()))?;
+        for block in &blocks {
+            block.copy_to_slice(py, self.core.reader.space(block.item_count()))?;
+        }
         let records = PyList::empty(py);
         let (mut rows, mut seq) = (0usize, seq);
         loop {
