@@ -24,11 +24,12 @@ by the reference path, which answers as it always does. A malformed COPY stream 
 from __future__ import annotations
 
 import logging
+import select
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from bridge.codec.codec import Stamp, _write_long, _write_source_tail, _write_string
 from bridge.codec.schemas import row_record
@@ -73,17 +74,82 @@ _BATCH = 256
 """COPY messages handed to the core per call (PostgreSQL sends one message per row)."""
 
 
-def batches(copy: Any) -> Iterator[list[Any]]:
-    """The blocks of a COPY out (`psycopg.Copy`), in lists of up to `_BATCH`."""
-    read = copy.read
+def _wait_readable(pg: Any) -> None:
+    while not select.select([pg.socket], [], [], 1.0)[0]:
+        pass
+
+
+def _result(pg: Any) -> Any:
+    """The next result of the statement in progress on libpq connection `pg` (waiting)."""
+    while pg.is_busy():
+        _wait_readable(pg)
+        pg.consume_input()
+    return pg.get_result()
+
+
+def _end(pg: Any) -> Any:
+    """The statement's result, every further one drained (the connection is idle after)."""
+    res = _result(pg)
+    while _result(pg) is not None:
+        pass
+    return res
+
+
+def copy_out(conn: psycopg.Connection[Any], query: bytes) -> Iterator[list[Any]]:
+    """The messages of `COPY … TO STDOUT` on `conn` (one per row), in lists of up to `_BATCH`.
+
+    Read from libpq directly (`pgconn.get_copy_data` without waiting, `select` on its socket
+    when nothing is buffered): psycopg's `Copy.read` costs a few µs per message, which is the
+    whole budget of a row here. Raises SourceError when the statement fails. Closed early (a
+    stop), it cancels the COPY and drains it, so the connection stays usable."""
+    pg = conn.pgconn
+    pg.send_query(query)
+    res = _result(pg)
+    if res is None or res.status != pq.ExecStatus.COPY_OUT:
+        if res is not None:
+            _end(pg)
+        message = (res.error_message or b"").decode(errors="replace").strip() if res is not None else "no result"
+        raise SourceError(f"COPY failed: {message}")
+    get = pg.get_copy_data
     blocks: list[Any] = []
-    while block := read():
-        blocks.append(block)
-        if len(blocks) >= _BATCH:
+    finished = False
+    try:
+        while True:
+            n, data = get(1)
+            if n > 0:
+                blocks.append(data)
+                if len(blocks) >= _BATCH:
+                    yield blocks
+                    blocks = []
+            elif n == 0:
+                _wait_readable(pg)
+                pg.consume_input()
+            else:
+                break
+        finished = True
+        if blocks:
             yield blocks
-            blocks = []
-    if blocks:
-        yield blocks
+    finally:
+        if not finished:
+            _abandon(conn)
+    res = _end(pg)
+    if res is None or res.status != pq.ExecStatus.COMMAND_OK:
+        message = (res.error_message or b"").decode(errors="replace").strip() if res is not None else "no result"
+        raise SourceError(f"COPY failed: {message}")
+
+
+def _abandon(conn: psycopg.Connection[Any]) -> None:
+    """Cancel a COPY out left in the middle and drain it (errors only logged: a stop path)."""
+    pg = conn.pgconn
+    try:
+        conn.cancel_safe()
+        while (n := pg.get_copy_data(1)[0]) >= 0:
+            if n == 0:
+                _wait_readable(pg)
+                pg.consume_input()
+        _end(pg)
+    except psycopg.Error as exc:
+        log.info("abandoning a COPY: %s", exc)
 
 
 def stamp_bytes(stamp: Stamp) -> tuple[bytes, bytes]:
@@ -168,16 +234,15 @@ class NativeTableReader:
         records: list[Record] = []
         rows, miss = 0, False
         self.core.start()
-        with conn.cursor() as cur, cur.copy(self._query(last_key)) as copy:
-            for blocks in batches(copy):
-                if miss:
-                    continue  # drained: the connection stays usable
-                out = self._feed(blocks, seq + len(records), src)
-                if isinstance(out, int):
-                    miss = True
-                    continue
-                records += out[0]
-                rows += out[1]
+        for blocks in copy_out(conn, self._query(last_key).as_bytes(conn)):
+            if miss:
+                continue  # drained: the connection stays usable
+            out = self._feed(blocks, seq + len(records), src)
+            if isinstance(out, int):
+                miss = True
+                continue
+            records += out[0]
+            rows += out[1]
         if miss:
             return None
         self._finish()
@@ -193,22 +258,21 @@ class NativeTableReader:
         src = stamp_bytes(stamp)
         records: list[Record] = []
         rows, miss = 0, False
-        with conn.cursor() as cur, cur.copy(self._query(None)) as copy:
-            for blocks in batches(copy):
-                if miss:
-                    continue  # drained: the connection stays usable
-                out = self._feed(blocks, seq + len(records), src)
-                if isinstance(out, int):
-                    miss = True
-                    continue
-                records += out[0]
-                rows += out[1]
-                if rows >= self.chunk_rows:
-                    yield stamp, records, rows
-                    seq += len(records)
-                    records, rows = [], 0
-                    stamp = stamp_of()
-                    src = stamp_bytes(stamp)
+        for blocks in copy_out(conn, self._query(None).as_bytes(conn)):
+            if miss:
+                continue  # drained: the connection stays usable
+            out = self._feed(blocks, seq + len(records), src)
+            if isinstance(out, int):
+                miss = True
+                continue
+            records += out[0]
+            rows += out[1]
+            if rows >= self.chunk_rows:
+                yield stamp, records, rows
+                seq += len(records)
+                records, rows = [], 0
+                stamp = stamp_of()
+                src = stamp_bytes(stamp)
         if miss:
             yield None
             return
@@ -217,4 +281,4 @@ class NativeTableReader:
             yield stamp, records, rows
 
 
-__all__ = ["NativeTableReader", "Record", "snapshot_spec", "stamp_bytes"]
+__all__ = ["NativeTableReader", "Record", "copy_out", "snapshot_spec", "stamp_bytes"]

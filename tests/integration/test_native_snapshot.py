@@ -24,12 +24,13 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from bridge.codec import MemorySchemaStore, Stamp, TableCodec
+from bridge.errors import SourceError
 from bridge.events import ChangeEvent, Op, Position
 from bridge.lsn import Lsn
 from bridge.produce.router import Router
 from bridge.relation import Relation
 from bridge.source.catalog import Catalog
-from bridge.source.native_snapshot import NativeTableReader
+from bridge.source.native_snapshot import NativeTableReader, copy_out
 from bridge.source.slot import sql_connect
 from bridge.source.snapshot import TableReader, begin_snapshot_transaction
 
@@ -259,3 +260,22 @@ def test_random_tables_native_equals_reference(conn: psycopg.Connection[Any],
     for row in rows:
         conn.execute(insert, row)
     assert compare(conn, "public", "rnd", chunk_rows) == len(rows)
+
+
+def test_copy_out_errors_and_early_close_leave_the_connection_usable(conn: psycopg.Connection[Any]) -> None:
+    """`copy_out` reads libpq directly: a COPY failing on the server (before or while sending
+    rows) raises SourceError; one closed early is cancelled and drained; either way the next
+    statement runs."""
+    with pytest.raises(SourceError, match="COPY failed"):
+        list(copy_out(conn, b"COPY (SELECT * FROM public.nowhere) TO STDOUT (FORMAT BINARY)"))
+    assert conn.execute("SELECT 1").fetchone() == (1,)
+    failing = b"COPY (SELECT 1 / (3000 - g) FROM generate_series(1, 5000) g) TO STDOUT (FORMAT BINARY)"
+    with pytest.raises(SourceError, match="division by zero"):
+        list(copy_out(conn, failing))
+    assert conn.execute("SELECT 2").fetchone() == (2,)
+    many = copy_out(conn, b"COPY (SELECT g FROM generate_series(1, 100000) g) TO STDOUT (FORMAT BINARY)")
+    first = next(many)
+    assert len(first) == 256
+    many.close()
+    assert conn.execute("SELECT 3").fetchone() == (3,)
+    assert sum(len(b) for b in copy_out(conn, b"COPY (SELECT 1) TO STDOUT (FORMAT BINARY)")) == 2  # row + trailer
