@@ -193,7 +193,7 @@ _TS = st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 1
 _NUMERIC = st.decimals(min_value=Decimal("-99999999.99"), max_value=Decimal("99999999.99"), places=2,
                        allow_nan=False)
 _BIG = st.decimals(allow_nan=True, allow_infinity=False, places=12,
-                   min_value=Decimal("-1e25"), max_value=Decimal("1e25")).map(
+                   min_value=Decimal("-1e27"), max_value=Decimal("1e27")).map(
                        lambda d: Decimal("NaN") if d.is_nan() else d)  # PostgreSQL has no -NaN
 _JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | _TEXT,
                      lambda c: st.lists(c, max_size=3) | st.dictionaries(_TEXT, c, max_size=3), max_leaves=6)
