@@ -100,8 +100,10 @@ def copy_out(conn: psycopg.Connection[Any], query: bytes) -> Iterator[list[Any]]
 
     Read from libpq directly (`pgconn.get_copy_data` without waiting, `select` on its socket
     when nothing is buffered): psycopg's `Copy.read` costs a few µs per message, which is the
-    whole budget of a row here. Raises SourceError when the statement fails. Closed early (a
-    stop), it cancels the COPY and drains it, so the connection stays usable."""
+    whole budget of a row here. The statement runs in whatever transaction `conn` is in (no
+    implicit BEGIN: the snapshot's connection is autocommit with an explicit one). Raises
+    SourceError when the statement fails. Closed early (a stop), it cancels the COPY and drains
+    it, so the connection stays usable."""
     pg = conn.pgconn
     pg.send_query(query)
     res = _result(pg)
