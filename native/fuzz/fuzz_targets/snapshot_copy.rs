@@ -1,7 +1,7 @@
 //! The snapshot's binary COPY reader and transcoder (native/src/producer/copybin.rs, binval.rs,
 //! snapshot.rs) on arbitrary bytes: the first byte chooses the block size the stream is fed in,
-//! the rest is the stream (a valid header is prepended when the second byte is odd, so the
-//! fuzzer reaches the rows quickly). A plan covering every binary form, arrays and text-form
+//! the second whether a valid header is prepended (odd: so the fuzzer reaches the rows quickly),
+//! the rest is the stream (seeds: real streams of the plan's columns from PostgreSQL). A plan covering every binary form, arrays and text-form
 //! columns must return rows, misses or a `CopyError` whose offset lies inside the stream; never
 //! panic.
 #![no_main]
@@ -26,22 +26,36 @@ const COLS: [(Form, Conv, u32); 20] = [
     (Form::Bin(Bin::Time), Conv::Time, 0),
     (Form::Bin(Bin::Timestamp), Conv::Timestamp, 0),
     (Form::Bin(Bin::TimestampTz), Conv::TimestampTz, 0),
-    (Form::Bin(Bin::Numeric), Conv::Decimal { precision: 40, scale: 3 }, 0),
+    (
+        Form::Bin(Bin::Numeric),
+        Conv::Decimal {
+            precision: 40,
+            scale: 3,
+        },
+        0,
+    ),
     (Form::Bin(Bin::Text), Conv::Str { max_chars: Some(3) }, 0),
     (Form::Bin(Bin::Uuid), STR, 0),
     (Form::Bin(Bin::Jsonb), STR, 0),
     (Form::Bin(Bin::I4), Conv::Int, 2),
-    (Form::Bin(Bin::Numeric), Conv::Decimal { precision: 6, scale: 2 }, 1),
+    (
+        Form::Bin(Bin::Numeric),
+        Conv::Decimal {
+            precision: 6,
+            scale: 2,
+        },
+        1,
+    ),
     (Form::Text, STR, 0),
     (Form::Text, Conv::Timestamp, 1),
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&block, rest)) = data.split_first() else {
+    let [block, flags, rest @ ..] = data else {
         return;
     };
     let mut stream = Vec::new();
-    if rest.first().is_some_and(|b| b & 1 == 1) {
+    if flags & 1 == 1 {
         stream.extend_from_slice(SIGNATURE);
         stream.extend_from_slice(&[0; 8]);
     }
@@ -64,8 +78,9 @@ fuzz_target!(|data: &[u8]| {
         key_texts: 2,
     };
     let mut s = Snapshot::new(plan);
-    s.skip.insert(vec![0xc3, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 0]);
-    for chunk in stream.chunks(usize::from(block).max(1)) {
+    s.skip
+        .insert(vec![0xc3, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 0]);
+    for chunk in stream.chunks(usize::from(*block).max(1)) {
         s.reader.feed(chunk);
         loop {
             match s.reader.next_row() {

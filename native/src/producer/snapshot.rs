@@ -336,6 +336,78 @@ mod tests {
     use crate::producer::convert::put_bytes;
     use crate::producer::copybin::SIGNATURE;
 
+    /// A real stream from PostgreSQL (the fuzz target's seed: two bytes of fuzzer options, then
+    /// `COPY … (FORMAT BINARY)` of every binary form, arrays and text-form columns) reads as two
+    /// rows the plan writes, none a miss.
+    #[test]
+    fn a_real_stream_of_every_form() {
+        let seed = include_bytes!("../../fuzz/seeds/snapshot_copy/two_rows");
+        let s_ = Conv::Str { max_chars: None };
+        let forms = [
+            (Form::Bin(Bin::I4), Conv::Int, 0),
+            (Form::Bin(Bin::I2), Conv::Int, 0),
+            (Form::Bin(Bin::I8), Conv::Long, 0),
+            (Form::Bin(Bin::Oid), Conv::Long, 0),
+            (Form::Bin(Bin::F4), Conv::Float, 0),
+            (Form::Bin(Bin::F8), Conv::Double, 0),
+            (Form::Bin(Bin::Bool), Conv::Bool, 0),
+            (Form::Bin(Bin::Bytea), Conv::Bytes, 0),
+            (Form::Bin(Bin::Date), Conv::Date, 0),
+            (Form::Bin(Bin::Time), Conv::Time, 0),
+            (Form::Bin(Bin::Timestamp), Conv::Timestamp, 0),
+            (Form::Bin(Bin::TimestampTz), Conv::TimestampTz, 0),
+            (
+                Form::Bin(Bin::Numeric),
+                Conv::Decimal {
+                    precision: 40,
+                    scale: 3,
+                },
+                0,
+            ),
+            (Form::Bin(Bin::Text), Conv::Str { max_chars: Some(3) }, 0),
+            (Form::Bin(Bin::Uuid), s_, 0),
+            (Form::Bin(Bin::Jsonb), s_, 0),
+            (Form::Bin(Bin::I4), Conv::Int, 2),
+            (
+                Form::Bin(Bin::Numeric),
+                Conv::Decimal {
+                    precision: 6,
+                    scale: 2,
+                },
+                1,
+            ),
+            (Form::Text, s_, 0),
+            (Form::Text, Conv::Timestamp, 1),
+        ];
+        let cols = forms
+            .iter()
+            .map(|&(form, conv, ndims)| SnapCol {
+                form,
+                conv,
+                ndims,
+                delim: b',',
+            })
+            .collect();
+        let mut s = Snapshot::new(SnapPlan {
+            cols,
+            pk: vec![0, 12],
+            key_prefix: Some(vec![0; 5]),
+            value_prefix: vec![],
+            src_names: vec![],
+            partitions: 3,
+            key_texts: 2,
+        });
+        s.reader.feed(&seed[2..]);
+        let mut rows = 0;
+        while s.reader.next_row() == Ok(Next::Row) {
+            assert!(matches!(s.row(rows, &[0], &[0]), Ok(Some(_))), "row {rows}");
+            rows += 1;
+        }
+        assert_eq!(rows, 2);
+        assert_eq!(s.last_key, [b"2".to_vec(), b"0.000".to_vec()]);
+        assert!(s.reader.finish().is_ok());
+    }
+
     #[test]
     fn crc32_is_zlibs() {
         assert_eq!(crc32(b""), 0);
