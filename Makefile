@@ -90,7 +90,7 @@ image: $(STAMP)
 	bash tools/build-image.sh
 
 # The native crate's checks (issues #15, #16): cargo fmt --check, clippy -D warnings, cargo test,
-# then the two fuzz targets (the producer's line parser, the sink's Avro reader) for
+# then the three fuzz targets (the producer's line parser, the sink's Avro reader, the snapshot's COPY reader) for
 # NATIVE_FUZZ_SECONDS in all (60; 0 skips it), built with the stable toolchain and libFuzzer's
 # coverage instrumentation; cached under ~/.cache/pgbridge (cold ~2.5 min, warm ~1.7 min).
 NATIVE_FUZZ_SECONDS ?= 60

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The native crate's CI checks (issue #15): `cargo fmt --check`, `cargo clippy -D warnings`,
-# `cargo test`, then the fuzz targets (native/fuzz: `change_line`, the producer's parser, and
-# `avro_reader`, the sink's Avro reader) for a bounded time, NATIVE_FUZZ_SECONDS in all.
+# `cargo test`, then the fuzz targets (native/fuzz: `change_line`, the producer's parser,
+# `avro_reader`, the sink's Avro reader, and `snapshot_copy`, the snapshot's binary COPY reader)
+# for a bounded time, NATIVE_FUZZ_SECONDS in all (split evenly).
 #
 #   bash tools/native-check.sh            # everything (NATIVE_FUZZ_SECONDS=60 by default)
 #   NATIVE_FUZZ_SECONDS=0 bash tools/native-check.sh   # no fuzzing
@@ -46,8 +47,9 @@ TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
   --cfg fuzzing -Cdebug-assertions -Coverflow-checks" \
   cargo build -q --release --target "$TRIPLE" --manifest-path fuzz/Cargo.toml --bins)
 step "fuzz build took $(( $(date +%s) - t )) s"
-per=$(( (SECONDS_FUZZ + 1) / 2 ))
-for target in change_line avro_reader; do
+TARGETS=(change_line avro_reader snapshot_copy)
+per=$(( (SECONDS_FUZZ + ${#TARGETS[@]} - 1) / ${#TARGETS[@]} ))
+for target in "${TARGETS[@]}"; do
   corpus="$CACHE/native-fuzz-corpus/$target"
   mkdir -p "$corpus"
   seeds=()

@@ -44,7 +44,12 @@ class SnapshotStateStore:
             consumer.close()
 
     def save(self, state: SnapshotState, timeout: float = 60.0) -> None:
-        """Write `state` and wait until the broker has it."""
+        """Wait until every record produced before is delivered, then write `state` and wait until
+        the broker has it. The order matters: the client sends each partition on its own, so a
+        state produced beside the chunk's records could reach the broker before them, and a crash
+        then would resume after rows that were never delivered. Raises ProduceError."""
+        if self._producer.flush(timeout) > 0:
+            raise ProduceError("records before the snapshot state not delivered: timeout", topic=self.topic)
         errors: list[KafkaError] = []
         self._producer.produce(self.topic, key=KEY, value=json.dumps(state.to_json()).encode(), partition=0,
                                on_delivery=lambda err, _m: errors.append(err) if err else None)

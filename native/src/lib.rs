@@ -10,6 +10,7 @@ pub mod sink;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<producer::Producer>()?;
+    m.add_class::<producer::snapshot::SnapshotTranscoder>()?; // binary COPY snapshot
     sink::register(m)?; // the sink path: Avro envelopes -> binary COPY (native/src/sink)
     Ok(())
 }

@@ -271,7 +271,10 @@ pub fn decimal(t: &[u8], precision: u32, scale: u32, out: &mut Vec<u8>) -> Res<(
         return Err(Miss::Modifier);
     }
     if sig > 38 {
-        return Err(Miss::Value); // beyond i128: the reference's arbitrary precision answers
+        // beyond i128: base-2^32 limbs, as Python's arbitrary-precision int
+        let ds = digits_all.skip(lead).map(|&c| c - b'0');
+        big_unscaled(ds.chain(std::iter::repeat_n(0, pad)), neg, out);
+        return Ok(());
     }
     let mut n: i128 = 0;
     for &c in digits_all.skip(lead) {
@@ -290,6 +293,52 @@ pub fn decimal(t: &[u8], precision: u32, scale: u32, out: &mut Vec<u8>) -> Res<(
     put_long(out, len as i64);
     out.extend_from_slice(&n.to_be_bytes()[16 - len..]);
     Ok(())
+}
+
+/// The two's-complement big-endian bytes of the integer with decimal `digits` (negated when
+/// `neg`), sized as fastavro sizes them (`(bit_length + 8) >> 3`), appended with their length.
+fn big_unscaled(digits: impl Iterator<Item = u8>, neg: bool, out: &mut Vec<u8>) {
+    let mut limbs: Vec<u32> = Vec::new(); // little-endian
+    for d in digits {
+        let mut carry = u64::from(d);
+        for l in limbs.iter_mut() {
+            let v = u64::from(*l) * 10 + carry;
+            *l = v as u32;
+            carry = v >> 32;
+        }
+        if carry > 0 {
+            limbs.push(carry as u32);
+        }
+    }
+    while limbs.last() == Some(&0) {
+        limbs.pop();
+    }
+    let bits = match limbs.last() {
+        Some(top) => 32 * limbs.len() - top.leading_zeros() as usize,
+        None => 0,
+    };
+    let len = (bits + 8) >> 3;
+    let mut be: Vec<u8> = limbs.iter().rev().flat_map(|l| l.to_be_bytes()).collect();
+    if be.len() < len {
+        let mut padded = vec![0; len - be.len()];
+        padded.extend_from_slice(&be);
+        be = padded;
+    }
+    let mut be = be.split_off(be.len() - len);
+    if neg {
+        for b in be.iter_mut() {
+            *b = !*b;
+        }
+        for b in be.iter_mut().rev() {
+            let (v, overflow) = b.overflowing_add(1);
+            *b = v;
+            if !overflow {
+                break;
+            }
+        }
+    }
+    put_long(out, len as i64);
+    out.extend_from_slice(&be);
 }
 
 #[cfg(test)]
@@ -325,6 +374,21 @@ mod tests {
         out.clear();
         decimal(b"0", 2, 2, &mut out).unwrap();
         assert_eq!(out, [2, 0]);
+        // beyond i128 as Python's int.to_bytes: 10**40 and -(10**40)
+        let ten40 = format!("1{}", "0".repeat(40));
+        out.clear();
+        decimal(ten40.as_bytes(), 50, 0, &mut out).unwrap();
+        let mut small = Vec::new();
+        big_unscaled(ten40.bytes().map(|c| c - b'0'), false, &mut small);
+        assert_eq!(out, small);
+        assert_eq!(out[0], 34); // 17 bytes
+        assert_eq!(&out[1..4], [0x1d, 0x63, 0x29]);
+        out.clear();
+        decimal(format!("-{ten40}").as_bytes(), 50, 0, &mut out).unwrap();
+        assert_eq!(&out[..4], [34, 0xe2, 0x9c, 0xd6]);
+        small.clear();
+        big_unscaled([1, 2, 8].into_iter(), true, &mut small);
+        assert_eq!(small, [4, 0xff, 0x80]);
     }
 
     #[test]

@@ -8,10 +8,13 @@
 //! (bytes and errors) are the reference's.
 
 pub mod array;
+pub mod binval;
 pub mod convert;
+pub mod copybin;
 pub mod crc;
 pub mod parse;
 pub mod plan;
+pub mod snapshot;
 
 use std::collections::HashMap;
 

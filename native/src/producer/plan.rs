@@ -105,7 +105,7 @@ fn text<'a>(line: &'a [u8], col: &RawCol, buf: &'a mut Vec<u8>) -> &'a [u8] {
 }
 
 /// One non-null value; `nullable`: inside the row's `["null", T]` union (else a key's bare T).
-fn value(conv: Conv, t: &[u8], nullable: bool, out: &mut Vec<u8>) -> Res<()> {
+pub(crate) fn value(conv: Conv, t: &[u8], nullable: bool, out: &mut Vec<u8>) -> Res<()> {
     let branch = |out: &mut Vec<u8>, i: u8| out.push(if nullable { (i + 1) << 1 } else { i << 1 });
     match conv {
         Conv::Decimal { precision, scale } => {
