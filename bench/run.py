@@ -353,29 +353,11 @@ def profile_run(pg: Any, bootstrap: str, workdir: Path, rows: int, out_dir: Path
 
 # -- initial snapshot (issue #15) ------------------------------------------------------------------
 
-def snapshot_copy_binary(dsn: str) -> tuple[int, float]:
-    """THE SNAPSHOT'S BINARY-COPY LIMIT: (rows, seconds) of `COPY (SELECT * FROM orders) TO STDOUT
-    (FORMAT BINARY)` of the table the snapshot reads, every block read into Python.
-
-    Interim, until the rewrite of bench/snapshot.py (another helper's) provides this measurement:
-    replace this body with a call to its function at the merge; `snapshot_stage` and the target
-    row take the ratio from here (`copy_binary_rate`).
-    """
-    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
-        row = cur.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
-        rows = int(row[0]) if row else 0
-        t0 = time.perf_counter()
-        with cur.copy(f"COPY (SELECT * FROM {TABLE}) TO STDOUT (FORMAT BINARY)") as copy:
-            for _block in copy:
-                pass
-        return rows, time.perf_counter() - t0
-
-
 def snapshot_stage(pg: Any, bootstrap: str, workdir: Path, rows: int, chunk_rows: int = 10_000) -> dict[str, Any]:
-    """Adapter to bench/snapshot.py's measurement (`snapshot_rate`: the producer's own initial
-    snapshot of `orders` into Kafka, in this process; `copy_rate`: text COPY) on a table of `rows`
-    inserts, beside `snapshot_copy_binary` of the same table. CPU is this process's over the
-    snapshot call (it also counts the topic's records afterwards: an upper bound)."""
+    """bench/snapshot.py's measurement on a table of `rows` inserts: the producer's own initial
+    snapshot of `orders` into Kafka (in this process), native and with `BRIDGE_NATIVE=0`, beside
+    `COPY … TO STDOUT (FORMAT BINARY)` and text COPY of the same table. CPU is this process's over
+    each snapshot call (it also counts the topic's records afterwards: an upper bound)."""
     from bench import snapshot as snap
 
     dsn = pg.create_database("snap_src")
@@ -384,19 +366,29 @@ def snapshot_stage(pg: Any, bootstrap: str, workdir: Path, rows: int, chunk_rows
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"VACUUM ANALYZE {TABLE}")
     text_rows, text_s = snap.copy_rate(dsn)
-    bin_rows, bin_s = snapshot_copy_binary(dsn)
-    c0 = time.process_time()
-    snap_rows, snap_s = snap.snapshot_rate(dsn, bootstrap, chunk_rows, workdir)
-    cpu = time.process_time() - c0
-    res = {"rows": snap_rows, "seconds": snap_s, "rate": snap_rows / snap_s, "chunk_rows": chunk_rows,
-           "copy_text_rate": text_rows / text_s, "copy_binary_rate": bin_rows / bin_s if bin_s else None,
-           "cpu_us_per_row": cpu * 1e6 / max(snap_rows, 1), "cpu_share": cpu / snap_s, "load": load()}
-    log.info("snapshot: %s rows in %.1fs (%.0f/s); COPY binary %.0f/s, text %.0f/s", snap_rows, snap_s,
-             res["rate"], res["copy_binary_rate"] or 0, res["copy_text_rate"])
+    bin_rows, bin_s = snap.copy_binary_rate(dsn)
+    res: dict[str, Any] = {"chunk_rows": chunk_rows, "copy_text_rate": text_rows / text_s,
+                           "copy_binary_rate": bin_rows / bin_s if bin_s else None, "load": load()}
+    for name, on in (("reference", False), ("native", True)):
+        with snap.native_switch(on):
+            c0 = time.process_time()
+            snap_rows, snap_s = snap.snapshot_rate(dsn, bootstrap, chunk_rows, workdir)
+            cpu = time.process_time() - c0
+        res[name] = {"rows": snap_rows, "seconds": snap_s, "rate": snap_rows / snap_s,
+                     "cpu_us_per_row": cpu * 1e6 / max(snap_rows, 1), "cpu_share": cpu / snap_s}
+    res.update(res["native"])  # the target's figures: the native snapshot's
+    log.info("snapshot: %s rows in %.1fs (%.0f/s; reference %.0f/s); COPY binary %.0f/s, text %.0f/s",
+             res["rows"], res["seconds"], res["rate"], res["reference"]["rate"], res["copy_binary_rate"] or 0,
+             res["copy_text_rate"])
     return res
 
 
 # -- report ---------------------------------------------------------------------------------------
+
+def _ref_snapshot(s: dict[str, Any]) -> str:
+    r = s.get("reference")
+    return f"{r['rate']:,.0f} rows/s, {_us(r['cpu_us_per_row'])} CPU per row" if isinstance(r, dict) else "not measured"
+
 
 def _fmt(v: Any) -> str:
     return f"{v:,.0f}" if isinstance(v, float | int) and not isinstance(v, bool) else str(v)
@@ -532,10 +524,12 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             rows.append((f"#15 initial snapshot ≥ {TARGET_SNAPSHOT}x COPY TO STDOUT (FORMAT BINARY)",
                          f"{x:.2f}x: {s['rate']:,.0f} rows/s vs {cb:,.0f} ({s['rows']:,} rows)",
                          at_least(x, TARGET_SNAPSHOT),
-                         f"the snapshot (bench/snapshot.py's measurement) used {_share(s['cpu_share'])} of a core, "
-                         f"{_us(s['cpu_us_per_row'])} of CPU per row (reading, Avro, produce, the topic's count "
-                         f"afterwards); binary COPY takes {1e6 / cb:.1f} µs per row. The binary-COPY limit is "
-                         f"run.py's interim `snapshot_copy_binary` until bench/snapshot.py's rewrite provides it"))
+                         f"the native snapshot (keyset chunks read as binary COPY, transcoded in Rust) used "
+                         f"{_share(s['cpu_share'])} of a core, {_us(s['cpu_us_per_row'])} of CPU per row (reading, "
+                         f"transcoding, produce, waiting for each chunk's deliveries before its progress is saved, "
+                         f"the topic's count afterwards); binary COPY of the whole table takes {1e6 / cb:.1f} µs per "
+                         f"row in one sequential scan, the keyset chunks read through the index; the Python "
+                         f"reference: {_ref_snapshot(s)}"))
         else:
             rows.append((f"#15 initial snapshot ≥ {TARGET_SNAPSHOT}x COPY TO STDOUT (FORMAT BINARY)",
                          f"{s['rate']:,.0f} rows/s ({s['rate'] / s['copy_text_rate']:.2f}x text COPY)", "—",
@@ -742,9 +736,10 @@ def markdown(res: dict[str, Any]) -> str:
         cb = s.get("copy_binary_rate")
         out += [f"## initial snapshot ({s['rows']:,} rows, chunks of {s['chunk_rows']:,})", "",
                 "| what | rows/s |", "| --- | ---: |",
-                f"| snapshot into Kafka (bench/snapshot.py `snapshot_rate`; {_us(s['cpu_us_per_row'])} CPU per row) "
-                f"| {s['rate']:,.0f} |",
-                f"| COPY (SELECT * FROM orders) TO STDOUT (FORMAT BINARY) (interim `snapshot_copy_binary`) | "
+                f"| snapshot into Kafka, native (bench/snapshot.py `snapshot_rate`; {_us(s['cpu_us_per_row'])} CPU "
+                f"per row) | {s['rate']:,.0f} |",
+                f"| the same, `BRIDGE_NATIVE=0` (the Python reference) | {_ref_snapshot(s)} |",
+                f"| COPY (SELECT * FROM orders) TO STDOUT (FORMAT BINARY) (bench/snapshot.py `copy_binary_rate`) | "
                 f"{_fmt(cb) if cb else 'n/a'} |",
                 f"| COPY (SELECT * FROM orders) TO STDOUT, text (bench/snapshot.py `copy_rate`) | "
                 f"{s['copy_text_rate']:,.0f} |", ""]
