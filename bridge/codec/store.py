@@ -190,7 +190,11 @@ class TopicSchemaStore:
 
         self._ensure_topic()
         if self._producer is None:
-            self._producer = Producer({**self._conf, "acks": "all", "enable.idempotence": True, "linger.ms": 0})
+            # Not idempotent: one record at a time, each flushed, keyed by its fingerprint in a
+            # compacted topic, so a retry's duplicate is harmless and order does not matter;
+            # an idempotent producer's first record waits ~0.5 s for its producer id, on the
+            # critical path of every producer start (the first schema comes with the first change).
+            self._producer = Producer({**self._conf, "acks": "all", "linger.ms": 0})
         errors: list[Any] = []
 
         def delivered(err: Any, _msg: Any) -> None:

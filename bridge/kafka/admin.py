@@ -24,6 +24,11 @@ class TopicManager:
         self.partitions = partitions
         self.replication_factor = replication_factor
         self._known: dict[str, int] = {}
+        self._created: set[str] = set()
+
+    def created(self, topic: str) -> bool:
+        """Whether this manager created `topic` itself (so it held no record before)."""
+        return topic in self._created
 
     def ensure(self, topic: str, *, partitions: int | None = None, compact: bool = False,
                timeout: float = 30.0) -> int:
@@ -56,6 +61,8 @@ class TopicManager:
             if t is not None and t.error is None and t.partitions:
                 if len(t.partitions) >= want or not created:
                     self._known[topic] = len(t.partitions)
+                    if created:
+                        self._created.add(topic)
                     return len(t.partitions)
             if time.monotonic() > deadline:
                 raise ProduceError("topic metadata did not show the topic in time", topic=topic)

@@ -37,7 +37,9 @@ class TopicSet:
         if opened is None:
             topic = topic_name(self._prefix, schema, table)
             n = self._topics.ensure(topic)
-            tails = self._tails[topic] = self._reader.tails_with_kind(topic, n)
+            # a topic this run just created holds nothing yet: no tails to read (and its
+            # partitions may still be electing leaders, which reading would wait out)
+            tails = self._tails[topic] = {} if self._topics.created(topic) else self._reader.tails_with_kind(topic, n)
             if tails:
                 log.info("topic %s: resuming after tails %s", topic,
                          {p: str(v.position) for p, v in tails.items()}, extra={"topic": topic})
