@@ -19,7 +19,10 @@ const SCALARS: [Scalar; 10] = [
     Scalar::Str,
     Scalar::Dec { scale: 2, limit: 7 },
     Scalar::Dec { scale: 0, limit: 2 },
-    Scalar::Dec { scale: 500, limit: 417 },
+    Scalar::Dec {
+        scale: 500,
+        limit: 417,
+    },
 ];
 const CODES: [Code; 15] = [
     Code::H,
@@ -40,7 +43,9 @@ const CODES: [Code; 15] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&n, rest)) = data.split_first() else { return };
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
     let n = usize::from(n % 8) + 1;
     if rest.len() < 2 * n {
         return;

@@ -13,7 +13,13 @@ const CONVS: [(&str, Conv); 12] = [
     ("bigint", Conv::Long),
     ("real", Conv::Float),
     ("double precision", Conv::Double),
-    ("numeric", Conv::Decimal { precision: 10, scale: 3 }),
+    (
+        "numeric",
+        Conv::Decimal {
+            precision: 10,
+            scale: 3,
+        },
+    ),
     ("boolean", Conv::Bool),
     ("bytea", Conv::Bytes),
     ("date", Conv::Date),

@@ -1,54 +1,14 @@
 //! The snapshot's binary COPY reader and transcoder (native/src/producer/copybin.rs, binval.rs,
 //! snapshot.rs) on arbitrary bytes: the first byte chooses the block size the stream is fed in,
 //! the second whether a valid header is prepended (odd: so the fuzzer reaches the rows quickly),
-//! the rest is the stream (seeds: real streams of the plan's columns from PostgreSQL). A plan covering every binary form, arrays and text-form
-//! columns must return rows, misses or a `CopyError` whose offset lies inside the stream; never
+//! the rest is the stream (seeds: real streams of the plan's columns from PostgreSQL). A plan
+//! covering every binary form, arrays and text-form columns (`snapshot::EVERY_FORM`) must return rows, misses or a `CopyError` whose offset lies inside the stream; never
 //! panic.
 #![no_main]
 
-use _native::producer::binval::Bin;
 use _native::producer::copybin::{Next, SIGNATURE};
-use _native::producer::plan::Conv;
-use _native::producer::snapshot::{Form, SnapCol, SnapPlan, Snapshot};
+use _native::producer::snapshot::{SnapCol, SnapPlan, Snapshot, EVERY_FORM};
 use libfuzzer_sys::fuzz_target;
-
-const STR: Conv = Conv::Str { max_chars: None };
-const COLS: [(Form, Conv, u32); 20] = [
-    (Form::Bin(Bin::I4), Conv::Int, 0),
-    (Form::Bin(Bin::I2), Conv::Int, 0),
-    (Form::Bin(Bin::I8), Conv::Long, 0),
-    (Form::Bin(Bin::Oid), Conv::Long, 0),
-    (Form::Bin(Bin::F4), Conv::Float, 0),
-    (Form::Bin(Bin::F8), Conv::Double, 0),
-    (Form::Bin(Bin::Bool), Conv::Bool, 0),
-    (Form::Bin(Bin::Bytea), Conv::Bytes, 0),
-    (Form::Bin(Bin::Date), Conv::Date, 0),
-    (Form::Bin(Bin::Time), Conv::Time, 0),
-    (Form::Bin(Bin::Timestamp), Conv::Timestamp, 0),
-    (Form::Bin(Bin::TimestampTz), Conv::TimestampTz, 0),
-    (
-        Form::Bin(Bin::Numeric),
-        Conv::Decimal {
-            precision: 40,
-            scale: 3,
-        },
-        0,
-    ),
-    (Form::Bin(Bin::Text), Conv::Str { max_chars: Some(3) }, 0),
-    (Form::Bin(Bin::Uuid), STR, 0),
-    (Form::Bin(Bin::Jsonb), STR, 0),
-    (Form::Bin(Bin::I4), Conv::Int, 2),
-    (
-        Form::Bin(Bin::Numeric),
-        Conv::Decimal {
-            precision: 6,
-            scale: 2,
-        },
-        1,
-    ),
-    (Form::Text, STR, 0),
-    (Form::Text, Conv::Timestamp, 1),
-];
 
 fuzz_target!(|data: &[u8]| {
     let [block, flags, rest @ ..] = data else {
@@ -61,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     }
     stream.extend_from_slice(rest);
     let plan = SnapPlan {
-        cols: COLS
+        cols: EVERY_FORM
             .iter()
             .map(|&(form, conv, ndims)| SnapCol {
                 form,

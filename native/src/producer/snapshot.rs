@@ -305,6 +305,48 @@ impl SnapshotTranscoder {
     }
 }
 
+const STR_ANY: Conv = Conv::Str { max_chars: None };
+
+/// One column of every form the transcoder reads, with its conversion and array depth: the
+/// plan of the fuzz target `snapshot_copy` and of the seed stream's test (`fuzz/seeds`).
+#[doc(hidden)]
+pub const EVERY_FORM: [(Form, Conv, u32); 20] = [
+    (Form::Bin(Bin::I4), Conv::Int, 0),
+    (Form::Bin(Bin::I2), Conv::Int, 0),
+    (Form::Bin(Bin::I8), Conv::Long, 0),
+    (Form::Bin(Bin::Oid), Conv::Long, 0),
+    (Form::Bin(Bin::F4), Conv::Float, 0),
+    (Form::Bin(Bin::F8), Conv::Double, 0),
+    (Form::Bin(Bin::Bool), Conv::Bool, 0),
+    (Form::Bin(Bin::Bytea), Conv::Bytes, 0),
+    (Form::Bin(Bin::Date), Conv::Date, 0),
+    (Form::Bin(Bin::Time), Conv::Time, 0),
+    (Form::Bin(Bin::Timestamp), Conv::Timestamp, 0),
+    (Form::Bin(Bin::TimestampTz), Conv::TimestampTz, 0),
+    (
+        Form::Bin(Bin::Numeric),
+        Conv::Decimal {
+            precision: 40,
+            scale: 3,
+        },
+        0,
+    ),
+    (Form::Bin(Bin::Text), Conv::Str { max_chars: Some(3) }, 0),
+    (Form::Bin(Bin::Uuid), STR_ANY, 0),
+    (Form::Bin(Bin::Jsonb), STR_ANY, 0),
+    (Form::Bin(Bin::I4), Conv::Int, 2),
+    (
+        Form::Bin(Bin::Numeric),
+        Conv::Decimal {
+            precision: 6,
+            scale: 2,
+        },
+        1,
+    ),
+    (Form::Text, STR_ANY, 0),
+    (Form::Text, Conv::Timestamp, 1),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,43 +359,7 @@ mod tests {
     #[test]
     fn a_real_stream_of_every_form() {
         let seed = include_bytes!("../../fuzz/seeds/snapshot_copy/two_rows");
-        let s_ = Conv::Str { max_chars: None };
-        let forms = [
-            (Form::Bin(Bin::I4), Conv::Int, 0),
-            (Form::Bin(Bin::I2), Conv::Int, 0),
-            (Form::Bin(Bin::I8), Conv::Long, 0),
-            (Form::Bin(Bin::Oid), Conv::Long, 0),
-            (Form::Bin(Bin::F4), Conv::Float, 0),
-            (Form::Bin(Bin::F8), Conv::Double, 0),
-            (Form::Bin(Bin::Bool), Conv::Bool, 0),
-            (Form::Bin(Bin::Bytea), Conv::Bytes, 0),
-            (Form::Bin(Bin::Date), Conv::Date, 0),
-            (Form::Bin(Bin::Time), Conv::Time, 0),
-            (Form::Bin(Bin::Timestamp), Conv::Timestamp, 0),
-            (Form::Bin(Bin::TimestampTz), Conv::TimestampTz, 0),
-            (
-                Form::Bin(Bin::Numeric),
-                Conv::Decimal {
-                    precision: 40,
-                    scale: 3,
-                },
-                0,
-            ),
-            (Form::Bin(Bin::Text), Conv::Str { max_chars: Some(3) }, 0),
-            (Form::Bin(Bin::Uuid), s_, 0),
-            (Form::Bin(Bin::Jsonb), s_, 0),
-            (Form::Bin(Bin::I4), Conv::Int, 2),
-            (
-                Form::Bin(Bin::Numeric),
-                Conv::Decimal {
-                    precision: 6,
-                    scale: 2,
-                },
-                1,
-            ),
-            (Form::Text, s_, 0),
-            (Form::Text, Conv::Timestamp, 1),
-        ];
+        let forms = EVERY_FORM;
         let cols = forms
             .iter()
             .map(|&(form, conv, ndims)| SnapCol {
